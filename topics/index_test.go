@@ -92,8 +92,8 @@ func TestIndexSubscribeUnsubscribe(t *testing.T) {
 		{"sub", "chat.*", alice, false, []string{"first"}, 2, 3},
 		{"unsub", "chat.lobby", alice, true, []string{"first"}, 2, 2},
 		{"unsub", "chat.lobby", alice, false, []string{"first"}, 2, 2}, // already gone
-		{"unsub", "chat.nothing", alice, false, nil, 2, 2},           // never subscribed
-		{"unsub", "chat.>", alice, false, nil, 2, 2},                 // wildcard never subscribed
+		{"unsub", "chat.nothing", alice, false, nil, 2, 2},             // never subscribed
+		{"unsub", "chat.>", alice, false, nil, 2, 2},                   // wildcard never subscribed
 		{"unsub", "chat.lobby", bob, true, []string{"first", "last"}, 1, 1},
 		{"unsub", "chat.*", bob, false, []string{"first"}, 1, 1}, // bob never held chat.*
 		{"unsub", "chat.*", alice, true, []string{"first", "last"}, 0, 0},
