@@ -40,12 +40,16 @@ type IndexOptions struct {
 // Match, Lookup and Summary read a consistent view of each shard, not of the whole index: a
 // Match racing a Subscribe on another pattern may or may not see it.
 type Index[S comparable] struct {
-	opts IndexOptions
-	seed maphash.Seed
+	// Read by every Match; written only when a wildcard pattern gets its first or loses its
+	// last subscriber.
+	opts         IndexOptions
+	seed         maphash.Seed
+	wildPatterns atomic.Int64 // wildcard patterns with >= 1 subscriber, over all trie shards
+	_            [64]byte     // keep the counters below (written by every Subscribe) off this line
 
 	patterns      atomic.Int64 // patterns with >= 1 subscriber
 	subscriptions atomic.Int64 // (pattern, subscriber) pairs
-	wildPatterns  atomic.Int64 // wildcard patterns with >= 1 subscriber, over all trie shards
+	_             [64 - 16]byte
 
 	literal  [literalShards]literalShard[S]
 	wildcard [wildcardShards]wildShard[S]
