@@ -93,8 +93,8 @@ func NewMetrics() *Metrics {
 	m.MessagesSent = f.counter("messages_sent_total", "Message frames written to subscriber sockets.")
 	m.MessagesDropped = f.counterVec("messages_dropped_total", "Message frames not delivered, by reason.", "reason",
 		DropQueueFull, DropSlowConsumer, DropClosed, DropNATS)
-	m.BytesSent = f.counter("bytes_sent_total", "WebSocket payload bytes written to clients.")
-	m.BytesReceived = f.counter("bytes_received_total", "WebSocket payload bytes read from clients.")
+	m.BytesSent = f.counter("bytes_sent_total", "Bytes of WebSocket frames written to client sockets.")
+	m.BytesReceived = f.counter("bytes_received_total", "Bytes of WebSocket messages read from clients.")
 	m.MessageLatency = f.histogram("message_latency_seconds",
 		"Time from ingress (on the node where the message entered) to the frame written to the subscriber's socket.",
 		LatencyBuckets)

@@ -1,0 +1,254 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/revenprox/revenprox/auth"
+	"github.com/revenprox/revenprox/telemetry"
+	"github.com/revenprox/revenprox/topics"
+)
+
+// conn is one client connection. Its reader goroutine owns subs, limiter and strikes; out is
+// shared with publishers (see outbound).
+type conn struct {
+	srv      *Server
+	ws       *websocket.Conn
+	id       uint64
+	decision *auth.Decision
+	created  time.Time
+	out      outbound
+
+	// Reader-owned state.
+	subs    map[string]struct{}
+	limiter *rate.Limiter
+	strikes int
+}
+
+func (c *conn) connID() string { return "c-" + strconv.FormatUint(c.id, 16) }
+
+// send queues a frame. Backpressure is applied by out.
+func (c *conn) send(buf []byte) { c.out.enqueue(outFrame{buf: buf}) }
+
+func (c *conn) sendError(id []byte, code, message string) {
+	c.send(encodeError(id, code, message))
+}
+
+// readLoop is the connection's only reader. It runs until the socket fails or closes, then
+// releases everything the connection holds.
+func (c *conn) readLoop() {
+	s := c.srv
+	deadline := 2 * s.cfg.PingInterval.D()
+	defer c.cleanup()
+	for {
+		_ = c.ws.SetReadDeadline(time.Now().Add(deadline))
+		kind, r, err := c.ws.NextReader()
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		if kind != websocket.TextMessage {
+			_, _ = io.Copy(io.Discard, r)
+			c.sendError(nil, CodeBadRequest, "binary frames are not supported: send JSON text frames")
+			continue
+		}
+		msg, err := io.ReadAll(r)
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		s.metrics.BytesReceived.Add(float64(len(msg)))
+		c.handle(msg)
+	}
+}
+
+// readFailed decides how a connection whose read failed is closed.
+func (c *conn) readFailed(err error) {
+	switch {
+	case errors.Is(err, websocket.ErrReadLimit):
+		// gorilla has already sent close 1009; make sure the socket goes.
+		c.out.abort(CloseTooLarge)
+	case websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived):
+		c.out.closeAfterFlush(CloseNormal, closeReasons[CloseNormal])
+	}
+}
+
+// cleanup runs once, on the reader goroutine, after the read loop ends.
+func (c *conn) cleanup() {
+	s := c.srv
+	for pattern := range c.subs {
+		s.index.Unsubscribe(pattern, c)
+	}
+	if len(c.subs) > 0 {
+		s.subscribedConns.Add(-1)
+	}
+	c.subs = nil
+	// Let a close frame being written reach the client before the socket goes.
+	if done := c.out.closeDone(); done != nil {
+		t := time.NewTimer(closeWriteWindow)
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	if dropped := c.out.markClosed(); dropped > 0 {
+		s.metrics.MessagesDropped.WithLabelValues(telemetry.DropClosed).Add(float64(dropped))
+	}
+	_ = c.ws.NetConn().Close()
+	s.conns.remove(c)
+	s.closed.Add(1)
+	s.metrics.ConnectionsActive.Dec()
+	s.metrics.ConnectionDuration.Observe(time.Since(c.created).Seconds())
+	s.releaseSlot()
+}
+
+// handle processes one client frame.
+func (c *conn) handle(msg []byte) {
+	f, err := decodeClientFrame(msg)
+	if err != nil {
+		c.sendError(f.ID, CodeBadRequest, errMessage(err))
+		return
+	}
+	switch f.Op {
+	case opSubscribe:
+		c.subscribe(f)
+	case opUnsubscribe:
+		c.unsubscribe(f)
+	case opPublish:
+		c.publish(f)
+	case opPing:
+		c.send(encodeReply("pong", f.ID))
+	case "":
+		c.sendError(f.ID, CodeBadRequest, `missing "op"`)
+	default:
+		c.sendError(f.ID, CodeBadRequest, fmt.Sprintf("unknown op %q: use subscribe, unsubscribe, publish or ping", truncate(f.Op, 32)))
+	}
+}
+
+func (c *conn) subscribe(f clientFrame) {
+	if err := topics.ValidatePattern(f.Topic); err != nil {
+		c.sendError(f.ID, CodeInvalidTopic, errMessage(err))
+		return
+	}
+	if _, ok := c.subs[f.Topic]; ok {
+		c.send(encodeReply("ack", f.ID)) // idempotent
+		return
+	}
+	if !c.decision.CanSubscribe(f.Topic) {
+		c.sendError(f.ID, CodeForbidden, "subscribe to "+f.Topic+" not allowed")
+		return
+	}
+	if len(c.subs) >= c.srv.cfg.Limits.MaxSubscriptions {
+		c.sendError(f.ID, CodeTooManySubscriptions, "at most "+strconv.Itoa(c.srv.cfg.Limits.MaxSubscriptions)+" subscriptions per connection")
+		return
+	}
+	if c.subs == nil {
+		c.subs = make(map[string]struct{}, 1)
+	}
+	if len(c.subs) == 0 {
+		c.srv.subscribedConns.Add(1)
+	}
+	c.subs[f.Topic] = struct{}{}
+	c.srv.index.Subscribe(f.Topic, c)
+	c.send(encodeReply("ack", f.ID))
+}
+
+func (c *conn) unsubscribe(f clientFrame) {
+	if err := topics.ValidatePattern(f.Topic); err != nil {
+		c.sendError(f.ID, CodeInvalidTopic, errMessage(err))
+		return
+	}
+	if _, ok := c.subs[f.Topic]; ok {
+		delete(c.subs, f.Topic)
+		c.srv.index.Unsubscribe(f.Topic, c)
+		if len(c.subs) == 0 {
+			c.srv.subscribedConns.Add(-1)
+		}
+	}
+	c.send(encodeReply("ack", f.ID))
+}
+
+func (c *conn) publish(f clientFrame) {
+	s := c.srv
+	if err := topics.ValidateTopic(f.Topic); err != nil {
+		c.sendError(f.ID, CodeInvalidTopic, errMessage(err)+" (publish names a literal topic)")
+		return
+	}
+	if len(f.Data) == 0 {
+		c.sendError(f.ID, CodeBadRequest, `publish needs "data" (any JSON value)`)
+		return
+	}
+	if !c.decision.CanPublish(f.Topic) {
+		c.sendError(f.ID, CodeForbidden, "publish to "+f.Topic+" not allowed")
+		return
+	}
+	if s.cfg.Limits.PublishRate > 0 {
+		if c.limiter == nil {
+			r := s.cfg.Limits.PublishRate
+			c.limiter = rate.NewLimiter(rate.Limit(r), max(1, int(r)))
+		}
+		if !c.limiter.Allow() {
+			c.strikes++
+			if c.strikes >= rateLimitStrikeLimit {
+				c.sendError(f.ID, CodeRateLimited, "publish rate limit exceeded repeatedly: closing")
+				c.out.closeAfterFlush(CloseRateLimited, closeReasons[CloseRateLimited])
+				return
+			}
+			c.sendError(f.ID, CodeRateLimited, "at most "+strconv.FormatFloat(s.cfg.Limits.PublishRate, 'g', -1, 64)+" publishes per second")
+			return
+		}
+		c.strikes = 0
+	}
+	if messageFrameLen(f.Topic, f.Topic, f.Data) > s.cfg.Backpressure.QueueBytes {
+		c.sendError(f.ID, CodeMessageTooLarge, "message larger than a subscriber's outbound queue")
+		return
+	}
+	ctx := context.Background()
+	if f.Traceparent != "" {
+		ctx = telemetry.ExtractTraceparent(ctx, f.Traceparent)
+	}
+	s.publish(ctx, f.Topic, f.Data, time.Now(), telemetry.SourceClient)
+	c.send(encodeReply("ack", f.ID))
+}
+
+// messageFrameLen is an upper bound of the frame a publish produces (pattern ≤ topic length is
+// not guaranteed for wildcard subscribers, so add room for the longest pattern).
+func messageFrameLen(topic, pattern string, data []byte) int {
+	return len(msgPart1) + len(topic) + len(msgPart2) + topics.MaxTopicBytes + len(msgPart3) + len(data) + len(msgPart4) + 21 + 10
+}
+
+// errMessage strips the package prefix of sentinel errors for client-facing text.
+func errMessage(err error) string {
+	msg := err.Error()
+	for _, prefix := range []string{"proxy: bad frame\n", "topics: invalid topic: "} {
+		if len(msg) > len(prefix) && msg[:len(prefix)] == prefix {
+			msg = msg[len(prefix):]
+		}
+	}
+	return msg
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// remoteIP returns the host part of an address.
+func remoteIP(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
+}

@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/revenprox/revenprox/cluster"
+	"github.com/revenprox/revenprox/telemetry"
+	"github.com/revenprox/revenprox/topics"
+)
+
+// publish delivers a message entering this node (from a client, the admin API) to local
+// subscribers and hands it once to the mesh for remote nodes. The mesh never echoes it back
+// (NoEcho), so local and remote paths cannot double up.
+func (s *Server) publish(ctx context.Context, topic string, data []byte, ingress time.Time, source string) {
+	s.metrics.MessagesReceived.WithLabelValues(source).Inc()
+	ctx, span := s.startSpan(ctx, "publish", topic)
+	s.fanout(topic, data, ingress)
+	if s.mesh != nil {
+		s.mesh.Publish(ctx, topic, data, ingress)
+	}
+	if span != nil {
+		span.End()
+	}
+}
+
+// fanout encodes one frame per matching pattern and shares its bytes among all that pattern's
+// subscribers.
+func (s *Server) fanout(topic string, data []byte, ingress time.Time) {
+	ts := ingress.UnixMilli()
+	nanos := ingress.UnixNano()
+	s.index.Match(topic, func(pattern string, subs []*conn) {
+		f := outFrame{buf: encodeMessageFrame(topic, pattern, data, ts), ingress: nanos}
+		for _, c := range subs {
+			c.out.enqueue(f)
+		}
+	})
+}
+
+// deliverRemote is the mesh's callback: a message that arrived on the NATS subscription for
+// m.Pattern goes to the local subscribers of exactly that pattern, so a subscription matched
+// by several of this node's patterns still receives it once per subscription.
+func (s *Server) deliverRemote(m *cluster.Message) {
+	if topics.ValidateTopic(m.Topic) != nil {
+		s.remoteInvalid.Add(1)
+		return
+	}
+	data := m.Data
+	if m.Origin == "" && !json.Valid(data) {
+		// A plain NATS client published bytes that are not JSON: deliver them as a JSON string.
+		quoted, _ := json.Marshal(string(data))
+		data = quoted
+	}
+	s.metrics.MessagesReceived.WithLabelValues(telemetry.SourceCluster).Inc()
+	_, span := s.startSpan(m.Ctx, "deliver", m.Topic)
+	f := outFrame{
+		buf:     encodeMessageFrame(m.Topic, m.Pattern, data, m.Ingress.UnixMilli()),
+		ingress: m.Ingress.UnixNano(),
+	}
+	s.index.Lookup(m.Pattern, func(subs []*conn) {
+		for _, c := range subs {
+			c.out.enqueue(f)
+		}
+	})
+	if span != nil {
+		span.End()
+	}
+}
+
+// connRegistry holds every open connection, sharded so accept and close do not contend.
+type connRegistry struct {
+	shards [connShards]connShard
+}
+
+const connShards = 16
+
+type connShard struct {
+	mu    sync.Mutex
+	conns map[*conn]struct{}
+}
+
+func (r *connRegistry) shard(c *conn) *connShard { return &r.shards[c.id%connShards] }
+
+func (r *connRegistry) add(c *conn) {
+	sh := r.shard(c)
+	sh.mu.Lock()
+	if sh.conns == nil {
+		sh.conns = make(map[*conn]struct{})
+	}
+	sh.conns[c] = struct{}{}
+	sh.mu.Unlock()
+}
+
+func (r *connRegistry) remove(c *conn) {
+	sh := r.shard(c)
+	sh.mu.Lock()
+	delete(sh.conns, c)
+	sh.mu.Unlock()
+}
+
+// eachInShard calls fn for every connection of one shard (fn must not block).
+func (r *connRegistry) eachInShard(i int, fn func(c *conn)) {
+	sh := &r.shards[i]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for c := range sh.conns {
+		fn(c)
+	}
+}
+
+func (r *connRegistry) each(fn func(c *conn)) {
+	for i := range r.shards {
+		r.eachInShard(i, fn)
+	}
+}
