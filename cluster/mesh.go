@@ -110,7 +110,7 @@ type Mesh struct {
 	hbSub *nats.Subscription
 	// hbDropped is the slow-consumer drops of hbSub already counted in metrics.
 	hbDropped int
-	nc    atomic.Pointer[nats.Conn] // set once connected; read lock-free on the hot path
+	nc        atomic.Pointer[nats.Conn] // set once connected; read lock-free on the hot path
 
 	deliverCh chan *nats.Msg // shared by every pattern subscription
 	hbCh      chan *nats.Msg // heartbeats of peers

@@ -317,4 +317,3 @@ func (m *Mesh) updatePeerMetrics(now time.Time) {
 	m.metrics.PeersConnected.Set(float64(n))
 	m.metrics.SyncLag.Set(lag.Seconds())
 }
-
