@@ -103,20 +103,22 @@ func MetricSums(r io.Reader, want map[string]string) map[string]map[string]float
 		if !ok {
 			continue
 		}
-		sp := strings.LastIndexByte(line, ' ')
-		if sp < 0 {
+		// The value is the first field after the label set; a timestamp may follow it.
+		rest := line[len(name):]
+		if strings.HasPrefix(rest, "{") {
+			j := strings.LastIndexByte(rest, '}')
+			if j < 0 {
+				continue
+			}
+			rest = rest[j+1:]
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
 			continue
 		}
-		v, err := strconv.ParseFloat(line[sp+1:], 64)
+		v, err := strconv.ParseFloat(f[0], 64)
 		if err != nil {
-			// a timestamp may follow the value
-			f := strings.Fields(line[strings.IndexByte(line, '}')+1:])
-			if len(f) == 0 {
-				continue
-			}
-			if v, err = strconv.ParseFloat(f[0], 64); err != nil {
-				continue
-			}
+			continue
 		}
 		key := ""
 		if label != "" {
