@@ -29,7 +29,7 @@ func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("%q is not a duration such as 1s or 250ms", n.Value)
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a duration such as 1s or 250ms", n.Line, n.Value)}} // collected with yaml's other errors, line included
 	}
 	*d = Duration(v)
 	return nil
