@@ -1,0 +1,80 @@
+package cluster
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/revenprox/revenprox/config"
+	"github.com/revenprox/revenprox/telemetry"
+)
+
+// BenchmarkCrossNodePublish measures one publication from mesh A to a subscriber pattern on
+// mesh B over a real route on loopback: Publish (headers, pooled message), routing, decode and
+// Deliver. allocs/op counts both sides, since both meshes live in this process.
+//
+//	go test -run '^$' -bench CrossNodePublish -benchtime 200000x ./cluster/
+func BenchmarkCrossNodePublish(b *testing.B) {
+	var delivered atomic.Int64
+	a := startBenchNode(b, "A", meshConfig(), func(*Message) {})
+	recv := startBenchNode(b, "B", meshConfig(a.mesh.RouteAddr()), func(*Message) { delivered.Add(1) })
+	waitPeers(b, a, recv)
+	recv.mesh.Interest("bench.>")
+	waitInterest(b, a, "bench.x", 1)
+
+	payload := []byte(`{"text":"hello from a benchmark","n":12345}`)
+	ctx := context.Background()
+	// Stay within the receive queue so the figure is delivered messages, not slow-consumer drops.
+	const window = deliverQueueLen / 2
+	b.ReportAllocs()
+	b.SetBytes(int64(len(payload)))
+	b.ResetTimer()
+	start := time.Now()
+	for i := range b.N {
+		a.mesh.Publish(ctx, "bench.x", payload, time.Now())
+		if i%1024 == 0 {
+			for int64(i)-delivered.Load() > window {
+				time.Sleep(50 * time.Microsecond)
+			}
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for delivered.Load() < int64(b.N) {
+		if time.Now().After(deadline) {
+			b.Fatalf("delivered %d of %d (dropped: %v)", delivered.Load(), b.N,
+				testutilCounter(recv.metrics.MessagesDropped.WithLabelValues(telemetry.DropNATS)))
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}
+
+// BenchmarkPublishNoInterest is the cost a node pays per publication that no other node
+// wants: the NATS publish only (the server drops it).
+func BenchmarkPublishNoInterest(b *testing.B) {
+	a := startBenchNode(b, "A", meshConfig(), func(*Message) {})
+	payload := []byte(`{"text":"hello"}`)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		a.mesh.Publish(ctx, "nobody.listens", payload, time.Now())
+	}
+}
+
+func startBenchNode(b *testing.B, id string, cfg config.ClusterConfig, deliver func(*Message)) *node {
+	b.Helper()
+	n := &node{id: id, metrics: telemetry.NewMetrics()}
+	m, err := New(Options{Config: cfg, NodeID: id, Version: "bench", Metrics: n.metrics, Deliver: deliver})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := m.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	n.mesh = m
+	b.Cleanup(func() { n.stop(b) })
+	return n
+}
