@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -65,6 +66,9 @@ type Authenticator struct {
 	halfOpenTimer *time.Timer // makes open → half-open visible in the gauge without a caller
 
 	failLog rateLimitedLog
+
+	// auth_requests_total children, resolved once (no label lookup per connect).
+	allowed, denied, errored prometheus.Counter
 }
 
 // New builds an Authenticator. It fails when neither a webhook nor anonymous mode is
@@ -95,6 +99,9 @@ func New(cfg config.AuthConfig, node string, m *telemetry.Metrics, log *slog.Log
 			Publish:   append([]string(nil), cfg.Anonymous.Publish...),
 		},
 		failLog: rateLimitedLog{every: failureLogEvery},
+		allowed: m.AuthRequests.WithLabelValues(telemetry.AuthAllow),
+		denied:  m.AuthRequests.WithLabelValues(telemetry.AuthDeny),
+		errored: m.AuthRequests.WithLabelValues(telemetry.AuthError),
 	}
 	a.base, a.cancelBase = context.WithCancel(context.Background())
 	m.CircuitBreakerState.Set(0)
@@ -150,11 +157,11 @@ func (a *Authenticator) Authenticate(ctx context.Context, req Request) (*Decisio
 	d, err, source := a.authenticate(ctx, req)
 	switch {
 	case err == nil:
-		a.metrics.AuthRequests.WithLabelValues(telemetry.AuthAllow).Inc()
+		a.allowed.Inc()
 	case errors.Is(err, ErrDenied):
-		a.metrics.AuthRequests.WithLabelValues(telemetry.AuthDeny).Inc()
+		a.denied.Inc()
 	default:
-		a.metrics.AuthRequests.WithLabelValues(telemetry.AuthError).Inc()
+		a.errored.Inc()
 	}
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
 		result := "allow"
@@ -194,7 +201,13 @@ func (a *Authenticator) authenticate(ctx context.Context, req Request) (*Decisio
 		return d, err, sourceCache
 	}
 	a.metrics.AuthCacheMisses.Inc()
+	return a.authenticateMiss(ctx, key, req, entry)
+}
 
+// authenticateMiss asks the webhook (once per token at a time) and falls back to stale, an
+// allow entry past its TTL but within stale_grace, when the call fails. It is split from
+// authenticate so the closure below does not move the cache-hit path's variables to the heap.
+func (a *Authenticator) authenticateMiss(ctx context.Context, key tokenKey, req Request, stale *cacheEntry) (*Decision, error, string) {
 	ch := a.flights.DoChan(string(key[:]), func() (any, error) {
 		return a.resolve(ctx, key, req)
 	})
@@ -209,8 +222,8 @@ func (a *Authenticator) authenticate(ctx context.Context, req Request) (*Decisio
 		return d, err, sourceWebhook
 	}
 	// The webhook failed or the breaker refused the call: serve a stale allow if we have one.
-	if entry != nil && !entry.denied() && time.Now().Before(entry.staleUntil) {
-		return entry.decision, nil, sourceStale
+	if stale != nil && !stale.denied() && time.Now().Before(stale.staleUntil) {
+		return stale.decision, nil, sourceStale
 	}
 	if errors.Is(res.Err, errClosed) {
 		return nil, fmt.Errorf("%w: authenticator closed", ErrUnavailable), sourceNone

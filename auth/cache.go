@@ -12,7 +12,15 @@ import (
 // longer than one Authenticate call.
 type tokenKey [sha256.Size]byte
 
-func keyOf(token string) tokenKey { return sha256.Sum256([]byte(token)) }
+// keyOf hashes token. Tokens up to 512 bytes are copied to the stack first: []byte(token)
+// would allocate for anything over 32 bytes, and this runs on every connect.
+func keyOf(token string) tokenKey {
+	var buf [512]byte
+	if len(token) <= len(buf) {
+		return sha256.Sum256(append(buf[:0], token...))
+	}
+	return sha256.Sum256([]byte(token))
+}
 
 // cacheEntry is one cached webhook answer. Entries are immutable once stored.
 type cacheEntry struct {
