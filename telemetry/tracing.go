@@ -20,27 +20,24 @@ import (
 // TracerName is the instrumentation scope of every RevenProx span.
 const TracerName = "github.com/revenprox/revenprox"
 
-// Span names (design §9). One trace follows a message: publish on the ingress node, a
-// cluster.receive child on every other node (linked through the NATS headers), and a deliver
-// span per node for the local fan-out. connect (with auth as a child) is its own trace,
-// continued from the upgrade request's traceparent when the client sent one.
+// Span names (design §9). A message's trace: publish on the ingress node (child of the client's
+// traceparent when it sent one), then deliver on every node with local subscribers; on other
+// nodes deliver is a child of the remote publish, its context carried in the NATS headers.
+// connect (with auth.webhook as a child when the webhook is called) is the connection's own
+// trace, continued from the upgrade request's traceparent header. SpanClusterReceive is for a
+// separate hop span, should one be wanted between the NATS receive and the local fan-out.
 const (
-	SpanConnect        = "revenprox.connect"
-	SpanAuth           = "revenprox.auth"
-	SpanPublish        = "revenprox.publish"
-	SpanClusterReceive = "revenprox.cluster.receive"
-	SpanDeliver        = "revenprox.deliver"
+	SpanConnect        = "connect"
+	SpanAuth           = "auth.webhook"
+	SpanPublish        = "publish"
+	SpanClusterReceive = "cluster.receive"
+	SpanDeliver        = "deliver"
 )
 
-// Span attribute keys. Topics go on spans (sampled, per trace) but never on metric labels.
+// Span attribute keys. Topics go on spans (sampled, per trace), never on metric labels.
 const (
-	AttrNode       = "revenprox.node"
-	AttrTopic      = "revenprox.topic"
-	AttrSource     = "revenprox.source" // client, api, cluster
-	AttrRecipients = "revenprox.recipients"
-	AttrOriginNode = "revenprox.origin_node"
-	AttrAuthResult = "revenprox.auth.result" // allow, deny, error
-	AttrAuthCached = "revenprox.auth.cached"
+	AttrNode  = "revenprox.node"
+	AttrTopic = "messaging.destination.name" // OpenTelemetry messaging semantic convention
 )
 
 // propagator is the W3C TraceContext + Baggage propagator. The helpers below use it directly,
