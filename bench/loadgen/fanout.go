@@ -87,6 +87,9 @@ func (r *run) fanout(ctx context.Context) error {
 		return nil
 	}, true)
 	r.res.SubscribedPerTopic = subscribed
+	if o.Settle > 0 {
+		sleepCtx(ctx, o.Settle)
+	}
 
 	if err := r.ctl.Ready(ctx); err != nil {
 		return err
@@ -101,7 +104,8 @@ func (r *run) fanout(ctx context.Context) error {
 	published := make([]int64, o.Topics)
 	var pubMu sync.Mutex
 	var firstSend, lastSend atomic.Int64
-	pubCtx, cancel := context.WithTimeout(ctx, o.Duration)
+	// A little slack so that a publisher slightly behind schedule still sends its quota.
+	pubCtx, cancel := context.WithTimeout(ctx, o.Duration+o.Duration/10+200*time.Millisecond)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for p, c := range pubs {

@@ -39,6 +39,9 @@ type Options struct {
 	Duration    time.Duration `json:"duration"`                 // publishing (fanout), holding (idle), cap (connect)
 	Drain       time.Duration `json:"drain"`                    // fanout: max wait for in-flight deliveries
 	PublishOn   string        `json:"publish_on,omitempty"`     // cluster: "first" or "all"
+	// Settle is a pause after every subscription is confirmed and before the measured phase:
+	// in a cluster, interest reaches the other nodes asynchronously.
+	Settle time.Duration `json:"settle,omitempty"`
 
 	Tokens      int     `json:"tokens,omitempty"`       // connect: distinct tokens bench-0..K-1
 	Token       string  `json:"-"`                      // static token for every connection

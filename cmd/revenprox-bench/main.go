@@ -101,6 +101,7 @@ func parseFlags(scenario string, args []string, stderr io.Writer) (*cliFlags, er
 	fs.Int64Var(&o.Count, "count", 0, "cap on total publishes (0: rate x duration)")
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "publishing (fanout), holding (idle), storm cap (connect)")
 	fs.DurationVar(&o.Drain, "drain", 3*time.Second, "fanout: longest wait for in-flight deliveries")
+	fs.DurationVar(&o.Settle, "settle", 0, "fanout, cluster: pause after subscribing, before publishing (cluster interest propagation)")
 	fs.StringVar(&o.PublishOn, "publish-on", "first", "cluster: publishers on the first node or on all")
 	fs.IntVar(&o.Tokens, "tokens", 0, "distinct tokens bench-0..K-1 (0: --token or none)")
 	fs.StringVar(&o.Token, "token", "", "static bearer token")
