@@ -201,6 +201,9 @@ const errNotStarted = publishError("cluster: not started")
 
 func (m *Mesh) publishFailed(err error) {
 	m.metrics.MessagesDropped.WithLabelValues(telemetry.DropNATS).Inc()
+	if m.closing.Load() {
+		return
+	}
 	if ok, suppressed := m.warn.allow("publish:" + err.Error()); ok {
 		m.log.Warn("NATS publish failed; message not forwarded to other nodes", "error", err, "suppressed", suppressed)
 	}

@@ -111,6 +111,7 @@ type Mesh struct {
 	// hbDropped is the slow-consumer drops of hbSub already counted in metrics.
 	hbDropped int
 	nc        atomic.Pointer[nats.Conn] // set once connected; read lock-free on the hot path
+	closing   atomic.Bool               // Shutdown began: publish failures are expected, not logged
 
 	deliverCh chan *nats.Msg // shared by every pattern subscription
 	hbCh      chan *nats.Msg // heartbeats of peers
@@ -350,6 +351,7 @@ func (m *Mesh) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	m.state = stateClosed
+	m.closing.Store(true)
 	srv := m.srv
 	m.mu.Unlock()
 	if prev != stateStarted {

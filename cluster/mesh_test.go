@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -516,4 +517,30 @@ func TestExternalNATSUnreachableStartsAndRetries(t *testing.T) {
 	if v := n.mesh.View(); v.Connected || len(v.Nodes) != 1 {
 		t.Errorf("view %+v", v)
 	}
+
+	// NATS comes up on that address: the node connects by itself and carries messages.
+	port, err := strconv.Atoi(url[strings.LastIndexByte(url, ':')+1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true, NoSystemAccount: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS not ready")
+	}
+	eventually(t, 10*time.Second, "the node to connect to the late NATS", n.mesh.Connected)
+	n.mesh.Interest("late.x")
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	eventually(t, 10*time.Second, "a plain client's message to arrive", func() bool {
+		_ = nc.Publish("revenprox.t.late.x", []byte(`1`))
+		return n.count("late.x", "late.x") > 0
+	})
 }
