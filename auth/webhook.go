@@ -224,7 +224,7 @@ func classifyTransportError(ctx context.Context, err error) error {
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) {
-		return failure("connection error: %s %v", oe.Op, oe.Err)
+		return failure("connection error: %s: %v", oe.Op, oe.Err)
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return failure("connection error: closed by the webhook")
