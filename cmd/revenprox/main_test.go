@@ -5,13 +5,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"slices"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -662,4 +669,71 @@ func TestProcessVersion(t *testing.T) {
 	if err != nil || string(out) != "revenprox test-build\n" {
 		t.Errorf("version: %q, %v; want the -ldflags version", out, err)
 	}
+}
+
+// TestProtocolDocMatchesCodes keeps docs/protocol.md's error-code and close-code tables equal to
+// the constants of proxy/codes.go (parsed, so a new constant cannot be forgotten).
+func TestProtocolDocMatchesCodes(t *testing.T) {
+	file, err := parser.ParseFile(token.NewFileSet(), filepath.Join("..", "..", "proxy", "codes.go"), nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errorCodes, closeCodes []string
+	for _, decl := range file.Decls {
+		gen, ok := decl.(*ast.GenDecl)
+		if !ok || gen.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range gen.Specs {
+			vs := spec.(*ast.ValueSpec)
+			for i, name := range vs.Names {
+				if !name.IsExported() || i >= len(vs.Values) {
+					continue
+				}
+				lit, ok := vs.Values[i].(*ast.BasicLit)
+				if !ok {
+					continue
+				}
+				switch {
+				case strings.HasPrefix(name.Name, "Code") && lit.Kind == token.STRING:
+					v, _ := strconv.Unquote(lit.Value)
+					errorCodes = append(errorCodes, v)
+				case strings.HasPrefix(name.Name, "Close") && lit.Kind == token.INT:
+					closeCodes = append(closeCodes, lit.Value)
+				}
+			}
+		}
+	}
+	if len(errorCodes) < 8 || len(closeCodes) < 9 {
+		t.Fatalf("parsed %d error codes and %d close codes from proxy/codes.go; the parser missed some", len(errorCodes), len(closeCodes))
+	}
+	raw, err := os.ReadFile(filepath.Join("..", "..", "docs", "protocol.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(raw)
+	section := func(title string) string {
+		_, rest, ok := strings.Cut(doc, "\n## "+title)
+		if !ok {
+			t.Fatalf("docs/protocol.md has no section %q", title)
+		}
+		body, _, _ := strings.Cut(rest, "\n## ")
+		return body
+	}
+	rows := func(body string, re *regexp.Regexp) []string {
+		var out []string
+		for _, m := range re.FindAllStringSubmatch(body, -1) {
+			out = append(out, m[1])
+		}
+		return out
+	}
+	compare := func(what string, code, documented []string) {
+		sort.Strings(code)
+		sort.Strings(documented)
+		if !slices.Equal(code, documented) {
+			t.Errorf("%s: proxy/codes.go has %q, docs/protocol.md documents %q", what, code, documented)
+		}
+	}
+	compare("error codes", errorCodes, rows(section("9. Error codes"), regexp.MustCompile("(?m)^\\| `([a-z_]+)` \\|")))
+	compare("close codes", closeCodes, rows(section("10. Close codes"), regexp.MustCompile("(?m)^\\| `([0-9]{4})` \\|")))
 }
