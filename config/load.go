@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"reflect"
 	"strconv"
@@ -175,5 +176,31 @@ func (c Config) Redacted() Config {
 	hide(&c.Auth.WebhookSecret)
 	hide(&c.Admin.APIKey)
 	hide(&c.Cluster.RoutePassword)
+	c.Auth.WebhookURL = redactURLs(c.Auth.WebhookURL)
+	c.Cluster.NATSURL = redactURLs(c.Cluster.NATSURL)
 	return c
+}
+
+// redactURLs hides user info and query strings (which may carry keys) in a comma-separated
+// list of URLs.
+func redactURLs(list string) string {
+	if list == "" {
+		return list
+	}
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil {
+			parts[i] = "REDACTED"
+			continue
+		}
+		if u.User != nil {
+			u.User = url.User("REDACTED")
+		}
+		if u.RawQuery != "" {
+			u.RawQuery = "REDACTED"
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
 }

@@ -34,7 +34,7 @@ func decodeClientFrame(msg []byte) (clientFrame, error) {
 	var f clientFrame
 	if err := json.Unmarshal(msg, &f); err != nil {
 		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) {
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
 			return clientFrame{}, errors.Join(ErrBadFrame, errors.New("field "+strconv.Quote(typeErr.Field)+" has the wrong type"))
 		}
 		return clientFrame{}, errors.Join(ErrBadFrame, errors.New("malformed JSON: a frame is one JSON object"))

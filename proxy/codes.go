@@ -22,9 +22,9 @@ type CloseCode int
 const (
 	CloseNormal          CloseCode = 1000 // client or server ended normally
 	CloseGoingAway       CloseCode = 1001 // node draining: reconnect elsewhere
-	ClosePolicy          CloseCode = 1008 // policy violation (binary frames, protocol abuse)
+	ClosePolicy          CloseCode = 1008 // policy violation (reserved; not sent by this version)
 	CloseTooLarge        CloseCode = 1009 // frame larger than limits.max_frame_bytes
-	CloseInternal        CloseCode = 1011 // unexpected server error
+	CloseInternal        CloseCode = 1011 // unexpected server error (a bug: logged at ERROR)
 	CloseTryAgainLater   CloseCode = 1013 // auth unavailable or node overloaded: retry with backoff
 	CloseUnauthorized    CloseCode = 4001 // auth denied: do not retry with the same token
 	CloseSlowConsumer    CloseCode = 4008 // outbound queue overflowed under policy disconnect

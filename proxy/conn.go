@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -48,6 +49,14 @@ func (c *conn) readLoop() {
 	s := c.srv
 	deadline := 2 * s.cfg.PingInterval.D()
 	defer c.cleanup()
+	defer func() {
+		// A bug handling one client's frame must not take the node down: log it, close that
+		// connection with 1011, keep serving everyone else.
+		if r := recover(); r != nil {
+			s.log.Error("Internal error handling a client frame", "conn", c.connID(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			c.out.abort(CloseInternal)
+		}
+	}()
 	for {
 		_ = c.ws.SetReadDeadline(time.Now().Add(deadline))
 		kind, r, err := c.ws.NextReader()

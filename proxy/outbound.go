@@ -18,7 +18,7 @@ type outFrame struct {
 
 // Writer tuning.
 const (
-	writeBatchBytes  = 64 << 10        // bytes copied into one socket write
+	writeBatchBytes  = 64 << 10         // bytes copied into one socket write
 	writeTimeout     = 10 * time.Second // a socket that accepts nothing for this long is dead
 	closeWriteWindow = time.Second      // time given to a close frame on a stuck socket
 	closeReplyWait   = time.Second      // time a client gets to answer our close frame
@@ -35,11 +35,11 @@ var writeBufPool = sync.Pool{New: func() any { b := make([]byte, 0, writeBatchBy
 // never held while calling into the index or the network.
 type outbound struct {
 	mu      sync.Mutex
-	frames  []outFrame // unwritten frames, oldest first
-	bytes   int        // sum of len(buf) over frames
-	writing bool       // a writer goroutine is running
-	closed  bool       // no more frames accepted
-	closing []byte     // close frame to write after the queue, then shut the socket
+	frames  []outFrame    // unwritten frames, oldest first
+	bytes   int           // sum of len(buf) over frames
+	writing bool          // a writer goroutine is running
+	closed  bool          // no more frames accepted
+	closing []byte        // close frame to write after the queue, then shut the socket
 	flushed chan struct{} // made when a close is requested; closed when the writer is done
 
 	netConn  net.Conn
@@ -58,7 +58,9 @@ const (
 	alreadyClosed
 )
 
-// enqueue appends a frame, applying the backpressure policy when it does not fit.
+// enqueue appends a frame, applying the backpressure policy when it does not fit. Only message
+// frames are ever dropped: replies, welcome and pings are the protocol's own and may use up to
+// twice the bound before the connection counts as a slow consumer whatever the policy.
 func (o *outbound) enqueue(f outFrame) enqueueResult {
 	o.mu.Lock()
 	if o.closed {
@@ -66,26 +68,24 @@ func (o *outbound) enqueue(f outFrame) enqueueResult {
 		return alreadyClosed
 	}
 	if o.bytes+len(f.buf) > o.maxBytes {
-		switch o.policy {
-		case config.PolicyDropNewest:
+		isMessage := f.ingress != 0
+		switch {
+		case !isMessage && o.bytes+len(f.buf) <= 2*o.maxBytes:
+			// fits in the reply allowance
+		case isMessage && o.policy == config.PolicyDropNewest:
 			o.mu.Unlock()
 			o.metrics.MessagesDropped.WithLabelValues(telemetry.DropQueueFull).Inc()
 			return droppedFrame
-		case config.PolicyDropOldest:
-			if len(f.buf) > o.maxBytes {
+		case isMessage && o.policy == config.PolicyDropOldest:
+			evicted := o.evictMessagesLocked(o.bytes + len(f.buf) - o.maxBytes)
+			if o.bytes+len(f.buf) > o.maxBytes {
+				evicted++ // only replies left, or the frame alone exceeds the bound
 				o.mu.Unlock()
-				o.metrics.MessagesDropped.WithLabelValues(telemetry.DropQueueFull).Inc()
+				o.metrics.MessagesDropped.WithLabelValues(telemetry.DropQueueFull).Add(float64(evicted))
 				return droppedFrame
 			}
-			evicted := 0
-			for o.bytes+len(f.buf) > o.maxBytes && len(o.frames) > 0 {
-				o.bytes -= len(o.frames[0].buf)
-				o.frames[0] = outFrame{}
-				o.frames = o.frames[1:]
-				evicted++
-			}
 			o.metrics.MessagesDropped.WithLabelValues(telemetry.DropQueueFull).Add(float64(evicted))
-		default: // disconnect
+		default: // policy disconnect, or replies beyond their allowance
 			dropped := len(o.frames) + 1
 			o.abortLocked(wsFrame(wsOpClose, closePayload(CloseSlowConsumer, closeReasons[CloseSlowConsumer])))
 			o.mu.Unlock()
@@ -102,6 +102,25 @@ func (o *outbound) enqueue(f outFrame) enqueueResult {
 		go o.writeLoop()
 	}
 	return enqueued
+}
+
+// evictMessagesLocked removes the oldest message frames until need bytes are freed, keeping
+// every other frame in order. It returns how many frames it removed.
+func (o *outbound) evictMessagesLocked(need int) int {
+	evicted, kept := 0, 0
+	for _, q := range o.frames {
+		if need > 0 && q.ingress != 0 {
+			need -= len(q.buf)
+			o.bytes -= len(q.buf)
+			evicted++
+			continue
+		}
+		o.frames[kept] = q
+		kept++
+	}
+	clear(o.frames[kept:])
+	o.frames = o.frames[:kept]
+	return evicted
 }
 
 // closeAfterFlush queues a close frame behind everything already queued and refuses new frames:
@@ -213,14 +232,20 @@ func (o *outbound) writeLoop() {
 func (o *outbound) writeBatch(bufPtr *[]byte, batch []outFrame) error {
 	now := time.Now()
 	nowNanos := now.UnixNano()
-	_ = o.netConn.SetWriteDeadline(now.Add(writeTimeout))
 	buf := (*bufPtr)[:0]
 	var messages, sent int
+	write := func(p []byte) error {
+		// The deadline is per write: a client that reads slowly but steadily is not cut off
+		// in the middle of a long batch; one that accepts nothing for writeTimeout is.
+		_ = o.netConn.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_, err := o.netConn.Write(p)
+		return err
+	}
 	flush := func() error {
 		if len(buf) == 0 {
 			return nil
 		}
-		_, err := o.netConn.Write(buf)
+		err := write(buf)
 		sent += len(buf)
 		buf = buf[:0]
 		return err
@@ -235,7 +260,7 @@ func (o *outbound) writeBatch(bufPtr *[]byte, batch []outFrame) error {
 				return err
 			}
 			if len(f.buf) > cap(buf) {
-				if _, err := o.netConn.Write(f.buf); err != nil {
+				if err := write(f.buf); err != nil {
 					return err
 				}
 				sent += len(f.buf)

@@ -59,18 +59,22 @@ type Server struct {
 	ipWarns   *telemetry.RateLimited
 	pingFrame []byte
 
-	active        atomic.Int64 // admitted connections, including those still authenticating
-	nextID        atomic.Uint64
-	created       atomic.Uint64
-	closed        atomic.Uint64
-	remoteInvalid atomic.Uint64
+	active          atomic.Int64 // admitted connections, including those still authenticating
+	nextID          atomic.Uint64
+	created         atomic.Uint64
+	closed          atomic.Uint64
+	remoteInvalid   atomic.Uint64
 	subscribedConns atomic.Int64 // connections with at least one subscription
-	started       atomic.Bool
-	ready         atomic.Bool
-	draining      atomic.Bool
-	allClosed     chan struct{} // closed when draining and the last connection is gone
-	allClosedOnce sync.Once
-	startTime     time.Time
+
+	// socketSendBuffer, when > 0, fixes each client socket's kernel send buffer (tests use it to
+	// make a non-reading client overflow quickly; 0 keeps the kernel's autotuning).
+	socketSendBuffer int
+	started          atomic.Bool
+	ready            atomic.Bool
+	draining         atomic.Bool
+	allClosed        chan struct{} // closed when draining and the last connection is gone
+	allClosedOnce    sync.Once
+	startTime        time.Time
 
 	listener  net.Listener
 	httpSrv   *http.Server
@@ -132,7 +136,9 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		// Tokens, not cookies, authenticate: a cross-origin page gains nothing it could not
 		// do with its own token, so every origin is accepted (the webhook sees Origin).
 		CheckOrigin: func(*http.Request) bool { return true },
-		Error:       func(w http.ResponseWriter, _ *http.Request, status int, reason error) { http.Error(w, reason.Error(), status) },
+		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+			http.Error(w, reason.Error(), status)
+		},
 	}
 	s.auth, err = auth.New(cfg.Auth, cfg.NodeID, s.metrics, s.log)
 	if err != nil {
@@ -222,6 +228,11 @@ func (s *Server) Metrics() *telemetry.Metrics { return s.metrics }
 
 // handleWS admits, authenticates and upgrades one client.
 func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
+	if !websocket.IsWebSocketUpgrade(r) {
+		// Refuse plain GETs before they cost a webhook call or a cache entry.
+		http.Error(w, "/ws expects a WebSocket upgrade", http.StatusBadRequest)
+		return
+	}
 	if s.draining.Load() {
 		s.reject(w, http.StatusServiceUnavailable, telemetry.RejectDraining, "node draining: reconnect to another node")
 		return
@@ -246,7 +257,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
-	ctx, span := s.startSpan(r.Context(), "connect", "")
+	ctx, span := s.startSpan(telemetry.ExtractHTTP(r.Context(), r.Header), telemetry.SpanConnect, "")
 	if span != nil {
 		defer span.End()
 	}
@@ -279,6 +290,9 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		created:  time.Now(),
 	}
 	c.out = outbound{netConn: ws.NetConn(), maxBytes: s.cfg.Backpressure.QueueBytes, policy: s.cfg.Backpressure.Policy, metrics: s.metrics}
+	if tcp, ok := ws.NetConn().(*net.TCPConn); ok && s.socketSendBuffer > 0 {
+		_ = tcp.SetWriteBuffer(s.socketSendBuffer)
+	}
 	ws.SetReadLimit(int64(s.cfg.Limits.MaxFrameBytes))
 	readWindow := 2 * s.cfg.PingInterval.D()
 	extend := func(string) error { return ws.SetReadDeadline(time.Now().Add(readWindow)) }
