@@ -2,9 +2,12 @@ package cluster
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 
 	"github.com/revenprox/revenprox/config"
 	"github.com/revenprox/revenprox/telemetry"
@@ -77,4 +80,49 @@ func startBenchNode(b *testing.B, id string, cfg config.ClusterConfig, deliver f
 	n.mesh = m
 	b.Cleanup(func() { n.stop(b) })
 	return n
+}
+
+// BenchmarkCrossNodeLatency paces publications from A at 10,000/s and reports the latency from
+// Publish to Deliver on B (the mesh's share of cross-node delivery latency; WebSocket write
+// time is measured by revenprox-bench).
+//
+//	go test -run '^$' -bench CrossNodeLatency -benchtime 20000x ./cluster/
+func BenchmarkCrossNodeLatency(b *testing.B) {
+	hist := hdrhistogram.New(1, int64(10*time.Second/time.Microsecond), 3)
+	var mu sync.Mutex
+	var delivered atomic.Int64
+	a := startBenchNode(b, "A", meshConfig(), func(*Message) {})
+	recv := startBenchNode(b, "B", meshConfig(a.mesh.RouteAddr()), func(m *Message) {
+		us := time.Since(m.Ingress).Microseconds()
+		mu.Lock()
+		_ = hist.RecordValue(max(us, 1))
+		mu.Unlock()
+		delivered.Add(1)
+	})
+	waitPeers(b, a, recv)
+	recv.mesh.Interest("lat.*")
+	waitInterest(b, a, "lat.x", 1)
+
+	payload := []byte(`{"text":"latency probe"}`)
+	const rate = 10000
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for i := range b.N {
+		if due := start.Add(time.Duration(i) * time.Second / rate); time.Until(due) > 0 {
+			time.Sleep(time.Until(due))
+		}
+		a.mesh.Publish(ctx, "lat.x", payload, time.Now())
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for delivered.Load() < int64(b.N) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	mu.Lock()
+	defer mu.Unlock()
+	b.ReportMetric(float64(hist.ValueAtQuantile(50)), "p50-us")
+	b.ReportMetric(float64(hist.ValueAtQuantile(99)), "p99-us")
+	b.ReportMetric(float64(hist.Max()), "max-us")
 }
