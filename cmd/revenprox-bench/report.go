@@ -231,8 +231,9 @@ func writeGenerated(w io.Writer, dir string, r runs) {
 	target("fanout: CPU per delivery ≤ 1/3 of NATS", cr, 2, cr <= 1.0/3, "×")
 	acc := r.median("connect-revenprox", connectMetrics[1].f)
 	target("connect: ≥ 5,000 accepted/s, cache warm", acc, 0, acc >= 5000, "/s")
-	diff := r.median("cluster-revenprox", clusterMetrics[3].f) - p99
-	target("cluster: cross-node p99 within 2 ms of single-node", diff, 2, diff <= 2, " ms")
+	// Same-node and cross-node latency come from the same cluster run, so they share its load.
+	diff := r.median("cluster-revenprox", clusterMetrics[3].f) - r.median("cluster-revenprox", clusterMetrics[2].f)
+	target("cluster: cross-node p99 minus same-node p99 (same run) ≤ 2 ms", diff, 2, diff <= 2, " ms")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Deliveries/s at a fixed offered rate measures what was offered as long as the server keeps up; server CPU per delivery is the figure that survives noise on a shared machine.")
 	fmt.Fprintln(w)
