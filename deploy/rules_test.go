@@ -5,7 +5,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -77,7 +77,7 @@ func TestRulesCoverage(t *testing.T) {
 		}
 		for _, rf := range tf.RuleFiles {
 			p := filepath.Clean(filepath.Join(filepath.Dir(f), rf))
-			if !contains(ruleFiles, filepath.ToSlash(p)) {
+			if !slices.Contains(ruleFiles, filepath.ToSlash(p)) {
 				t.Errorf("%s loads %s, which is not a shipped rule file", f, rf)
 			}
 		}
@@ -186,16 +186,4 @@ func markdownAnchors(doc string) map[string]bool {
 		anchors[b.String()] = true
 	}
 	return anchors
-}
-
-func contains(list []string, s string) bool {
-	i := sort.SearchStrings(sortedCopy(list), s)
-	l := sortedCopy(list)
-	return i < len(l) && l[i] == s
-}
-
-func sortedCopy(list []string) []string {
-	c := append([]string(nil), list...)
-	sort.Strings(c)
-	return c
 }
