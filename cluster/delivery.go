@@ -120,14 +120,14 @@ func (m *Mesh) countDropsLocked(ps *patternSub) {
 
 // dispatch hands every message of the pattern subscriptions to Deliver, in arrival order.
 func (m *Mesh) dispatch() {
-	defer m.wg.Done()
+	defer close(m.dispatchDone)
 	for {
 		select {
 		case msg := <-m.deliverCh:
 			if out := m.decode(msg, time.Now()); out != nil {
 				m.opts.Deliver(out)
 			}
-		case <-m.stop:
+		case <-m.stopDispatch:
 			return
 		}
 	}

@@ -115,9 +115,13 @@ type Mesh struct {
 
 	deliverCh chan *nats.Msg // shared by every pattern subscription
 	hbCh      chan *nats.Msg // heartbeats of peers
-	stop      chan struct{}  // closed by Shutdown: ends the dispatcher and the heartbeat loop
-	ncClosed  chan struct{}  // closed by nats.go's ClosedHandler
-	wg        sync.WaitGroup
+	// Shutdown closes stopBeats first (no heartbeat may follow the goodbye), then, once the
+	// connection is drained, stopDispatch.
+	stopBeats    chan struct{}
+	stopDispatch chan struct{}
+	beatsDone    chan struct{}
+	dispatchDone chan struct{}
+	ncClosed     chan struct{} // closed by nats.go's ClosedHandler
 
 	peers peerTable
 
@@ -165,19 +169,22 @@ func New(opts Options) (*Mesh, error) {
 		mode = ModeEmbedded
 	}
 	m := &Mesh{
-		opts:      opts,
-		log:       log,
-		metrics:   opts.Metrics,
-		mode:      mode,
-		prefix:    cfg.SubjectPrefix,
-		hbPrefix:  sysPrefix(cfg.SubjectPrefix) + "hb.",
-		interval:  cfg.HeartbeatInterval.D(),
-		subs:      make(map[string]*patternSub),
-		deliverCh: make(chan *nats.Msg, deliverQueueLen),
-		hbCh:      make(chan *nats.Msg, heartbeatQueueLen),
-		stop:      make(chan struct{}),
-		ncClosed:  make(chan struct{}),
-		warn:      newRateLimiter(10 * time.Second),
+		opts:         opts,
+		log:          log,
+		metrics:      opts.Metrics,
+		mode:         mode,
+		prefix:       cfg.SubjectPrefix,
+		hbPrefix:     sysPrefix(cfg.SubjectPrefix) + "hb.",
+		interval:     cfg.HeartbeatInterval.D(),
+		subs:         make(map[string]*patternSub),
+		deliverCh:    make(chan *nats.Msg, deliverQueueLen),
+		hbCh:         make(chan *nats.Msg, heartbeatQueueLen),
+		stopBeats:    make(chan struct{}),
+		stopDispatch: make(chan struct{}),
+		beatsDone:    make(chan struct{}),
+		dispatchDone: make(chan struct{}),
+		ncClosed:     make(chan struct{}),
+		warn:         newRateLimiter(10 * time.Second),
 	}
 	m.peers.init(opts.NodeID, opts.Version)
 	m.pubPool.New = func() any { return newOutMsg(opts.NodeID) }
@@ -252,7 +259,6 @@ func (m *Mesh) Start(ctx context.Context) error {
 		m.subscribeLocked(nc, pattern, ps)
 	}
 	m.state = stateStarted
-	m.wg.Add(2)
 	go m.dispatch()
 	go m.heartbeatLoop()
 	m.mu.Unlock()
@@ -358,6 +364,8 @@ func (m *Mesh) Shutdown(ctx context.Context) error {
 		return nil // never started, or Start will see stateClosed and clean up
 	}
 
+	close(m.stopBeats)
+	<-m.beatsDone
 	nc := m.nc.Load()
 	m.sendGoodbye(nc)
 	var err error
@@ -372,8 +380,8 @@ func (m *Mesh) Shutdown(ctx context.Context) error {
 		}
 	}
 	<-m.ncClosed
-	close(m.stop)
-	m.wg.Wait()
+	close(m.stopDispatch)
+	<-m.dispatchDone
 	if srv != nil {
 		srv.Shutdown()
 		srv.WaitForShutdown()

@@ -146,13 +146,13 @@ func sortTop(pcs []topics.PatternCount) {
 // silent peers. It sleeps until the next heartbeat or the next peer expiry, whichever is first,
 // so a dead peer is dropped as soon as its third interval has passed, without per-peer timers.
 func (m *Mesh) heartbeatLoop() {
-	defer m.wg.Done()
+	defer close(m.beatsDone)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	nextBeat := time.Now()
 	for {
 		select {
-		case <-m.stop:
+		case <-m.stopBeats:
 			return
 		case msg := <-m.hbCh:
 			m.receiveHeartbeat(msg, time.Now())
