@@ -24,7 +24,6 @@ tools:
 
 ## test: every unit and integration test with the race detector and goroutine-leak checks
 test: tools
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 
