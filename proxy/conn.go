@@ -37,7 +37,7 @@ type conn struct {
 func (c *conn) connID() string { return "c-" + strconv.FormatUint(c.id, 16) }
 
 // send queues a frame. Backpressure is applied by out.
-func (c *conn) send(buf []byte) { c.out.enqueue(outFrame{buf: buf}) }
+func (c *conn) send(buf []byte) { c.out.send(outFrame{buf: buf}) }
 
 func (c *conn) sendError(id []byte, code, message string) {
 	c.send(encodeError(id, code, message))

@@ -25,6 +25,7 @@ func (d *discardConn) SetWriteDeadline(time.Time) error { return nil }
 func (d *discardConn) SetReadDeadline(time.Time) error  { return nil }
 func (d *discardConn) Close() error                     { return nil }
 func (d *discardConn) writtenBytes() int64              { return d.written.Load() }
+func (d *discardConn) tryWrite(p []byte) (int, error)   { return d.Write(p) }
 
 // memNode is the fan-out machinery of a node without sockets or listeners.
 type memNode struct {
@@ -42,7 +43,7 @@ func newMemNode(tb testing.TB, connections int) *memNode {
 	m.conns = make([]*conn, connections)
 	for i := range m.conns {
 		c := &conn{srv: s, id: uint64(i)}
-		c.out = outbound{netConn: m.sink, maxBytes: cfg.Backpressure.QueueBytes, policy: cfg.Backpressure.Policy, metrics: s.metrics}
+		c.out = outbound{netConn: m.sink, try: m.sink, maxBytes: cfg.Backpressure.QueueBytes, policy: cfg.Backpressure.Policy, metrics: s.metrics}
 		m.conns[i] = c
 	}
 	return m

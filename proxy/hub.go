@@ -31,12 +31,34 @@ func (s *Server) publish(ctx context.Context, topic string, data []byte, ingress
 func (s *Server) fanout(topic string, data []byte, ingress time.Time) {
 	ts := ingress.UnixMilli()
 	nanos := ingress.UnixNano()
+	writers := getWriterList()
 	s.index.Match(topic, func(pattern string, subs []*conn) {
 		f := outFrame{buf: encodeMessageFrame(topic, pattern, data, ts), ingress: nanos}
 		for _, c := range subs {
-			c.out.enqueue(f)
+			if c.out.enqueue(f) == needsFlush {
+				*writers = append(*writers, c)
+			}
 		}
 	})
+	flushWriters(writers)
+}
+
+// writerLists recycle the per-publish list of connections this goroutine must flush. Flushing
+// after Match (not inside it) keeps socket writes out of the index's read lock.
+var writerLists = sync.Pool{New: func() any { l := make([]*conn, 0, 64); return &l }}
+
+func getWriterList() *[]*conn { return writerLists.Get().(*[]*conn) }
+
+// flushWriters writes each connection's queue without blocking, then recycles the list.
+func flushWriters(writers *[]*conn) {
+	for _, c := range *writers {
+		c.out.flush()
+	}
+	clear(*writers)
+	*writers = (*writers)[:0]
+	if cap(*writers) <= 1<<16 {
+		writerLists.Put(writers)
+	}
 }
 
 // deliverRemote is the mesh's callback: a message that arrived on the NATS subscription for
@@ -59,11 +81,15 @@ func (s *Server) deliverRemote(m *cluster.Message) {
 		buf:     encodeMessageFrame(m.Topic, m.Pattern, data, m.Ingress.UnixMilli()),
 		ingress: m.Ingress.UnixNano(),
 	}
+	writers := getWriterList()
 	s.index.Lookup(m.Pattern, func(subs []*conn) {
 		for _, c := range subs {
-			c.out.enqueue(f)
+			if c.out.enqueue(f) == needsFlush {
+				*writers = append(*writers, c)
+			}
 		}
 	})
+	flushWriters(writers)
 	if span != nil {
 		span.End()
 	}

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/revenprox/revenprox/config"
@@ -28,8 +30,11 @@ const (
 // write buffer (design §11).
 var writeBufPool = sync.Pool{New: func() any { b := make([]byte, 0, writeBatchBytes); return &b }}
 
-// outbound is a connection's byte-bounded queue and its on-demand writer. No goroutine exists
-// while the queue is empty: enqueue starts one, and it exits once it has drained the queue.
+// outbound is a connection's byte-bounded queue. Whoever turns the queue from idle to busy
+// (enqueue returns needsFlush) becomes its writer and flushes at once with non-blocking
+// writes: for a healthy client the publishing goroutine writes straight into the socket and no
+// goroutine is started. Only when the socket would block is a writer goroutine started; it
+// finishes with blocking writes (bounded by writeTimeout) and exits once the queue is empty.
 //
 // Lock order: the subscription index lock may be held when enqueue is called; outbound.mu is
 // never held while calling into the index or the network.
@@ -41,6 +46,9 @@ type outbound struct {
 	closed  bool          // no more frames accepted
 	closing []byte        // close frame to write after the queue, then shut the socket
 	flushed chan struct{} // made when a close is requested; closed when the writer is done
+	spare   []outFrame    // the previous batch's backing array, reused by the next
+	pending []byte        // bytes a non-blocking flush could not write; the writer goroutine sends them first
+	try     tryWriter     // non-blocking socket writes; nil: always use the writer goroutine
 
 	netConn  net.Conn
 	maxBytes int
@@ -52,7 +60,8 @@ type outbound struct {
 type enqueueResult int
 
 const (
-	enqueued enqueueResult = iota
+	enqueued   enqueueResult = iota
+	needsFlush               // queued, and the caller became the writer: it must call flush
 	droppedFrame
 	slowConsumer // queue overflowed under policy disconnect: the connection is being closed
 	alreadyClosed
@@ -95,13 +104,23 @@ func (o *outbound) enqueue(f outFrame) enqueueResult {
 	}
 	o.frames = append(o.frames, f)
 	o.bytes += len(f.buf)
-	start := !o.writing
+	if o.writing {
+		o.mu.Unlock()
+		return enqueued
+	}
 	o.writing = true
 	o.mu.Unlock()
-	if start {
-		go o.writeLoop()
+	return needsFlush
+}
+
+// send enqueues a frame and, when this call made the caller the writer, flushes at once from
+// the caller's goroutine (replies from the reader, pings from keepalive).
+func (o *outbound) send(f outFrame) enqueueResult {
+	r := o.enqueue(f)
+	if r == needsFlush {
+		o.flush()
 	}
-	return enqueued
+	return r
 }
 
 // evictMessagesLocked removes the oldest message frames until need bytes are freed, keeping
@@ -188,94 +207,226 @@ func (o *outbound) queued() (frames, bytes int) {
 	return len(o.frames), o.bytes
 }
 
-// writeLoop drains the queue in batches: many frames are copied into one buffer and written
-// with one system call. It exits when the queue is empty.
-func (o *outbound) writeLoop() {
+// tryWriter writes without ever blocking: it returns how much the socket took, and
+// errWouldBlock when the socket buffer is full.
+type tryWriter interface {
+	tryWrite(p []byte) (int, error)
+}
+
+var errWouldBlock = errors.New("proxy: socket would block")
+
+// rawTryWriter writes to a TCP socket's descriptor directly, bypassing the runtime's wait for
+// writability, so a full socket returns at once instead of parking the publisher.
+type rawTryWriter struct{ rc syscall.RawConn }
+
+func newTryWriter(c net.Conn) tryWriter {
+	if tcp, ok := c.(*net.TCPConn); ok {
+		if rc, err := tcp.SyscallConn(); err == nil {
+			return rawTryWriter{rc}
+		}
+	}
+	if t, ok := c.(tryWriter); ok {
+		return t
+	}
+	return nil
+}
+
+func (w rawTryWriter) tryWrite(p []byte) (int, error) {
+	var n int
+	var werr error
+	err := w.rc.Write(func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), p)
+		return true // never wait: a full socket is the writer goroutine's business
+	})
+	if n < 0 {
+		n = 0
+	}
+	switch {
+	case err != nil:
+		return n, err
+	case werr == syscall.EAGAIN:
+		return n, errWouldBlock
+	case werr == syscall.EINTR:
+		return n, nil
+	}
+	return n, werr
+}
+
+// takeBatch moves the queued frames out under the lock, or ends the writer role when there are
+// none. done reports that the caller is no longer the writer (closing holds a close frame the
+// caller must still write, in blocking mode).
+func (o *outbound) takeBatch() (batch []outFrame, closing []byte, done bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.frames) == 0 {
+		if o.closing != nil {
+			closing, o.closing = o.closing, nil
+			return nil, closing, true
+		}
+		// Same critical section as the emptiness check: an enqueue after this point sees
+		// writing == false and becomes the writer itself.
+		o.writing = false
+		if o.flushed != nil {
+			close(o.flushed)
+			o.flushed = nil
+		}
+		return nil, nil, true
+	}
+	batch, o.frames = o.frames, o.spare[:0]
+	o.spare = nil
+	o.bytes = 0
+	return batch, nil, false
+}
+
+// returnBatch keeps a batch's array for reuse, unless it grew large (idle connections should
+// not keep big arrays).
+func (o *outbound) returnBatch(batch []outFrame) {
+	clear(batch)
+	if cap(batch) > 64 {
+		return
+	}
+	o.mu.Lock()
+	if o.spare == nil {
+		o.spare = batch[:0]
+	}
+	o.mu.Unlock()
+}
+
+// flush is called by the goroutine that became the writer (enqueue returned needsFlush). It
+// writes without blocking; what the socket does not take is handed to a writer goroutine.
+func (o *outbound) flush() {
+	if o.try == nil {
+		go o.writeLoop()
+		return
+	}
 	bufPtr := writeBufPool.Get().(*[]byte)
 	defer writeBufPool.Put(bufPtr)
-	var batch []outFrame
 	for {
-		o.mu.Lock()
-		if len(o.frames) == 0 {
-			closing := o.closing
-			o.closing = nil
-			if closing == nil {
-				// Same critical section as the emptiness check: an enqueue after this
-				// point sees writing == false and starts a new writer.
-				o.writing = false
-				if o.flushed != nil {
-					close(o.flushed)
-					o.flushed = nil
-				}
-				o.mu.Unlock()
-				return
+		batch, closing, done := o.takeBatch()
+		if done {
+			if closing != nil {
+				go o.finish(closing)
 			}
+			return
+		}
+		rest, err := o.writeFrames(bufPtr, batch, func(p []byte) (int, error) { return o.try.tryWrite(p) })
+		o.returnBatch(batch)
+		switch {
+		case err == errWouldBlock:
+			o.mu.Lock()
+			o.pending = rest
 			o.mu.Unlock()
-			o.finish(closing)
+			go o.writeLoop()
+			return
+		case err != nil:
+			o.writeFailed()
 			return
 		}
-		batch, o.frames = o.frames, batch[:0]
-		o.bytes = 0
-		o.mu.Unlock()
-
-		if err := o.writeBatch(bufPtr, batch); err != nil {
-			dropped := o.markClosed()
-			o.metrics.MessagesDropped.WithLabelValues(telemetry.DropClosed).Add(float64(dropped))
-			_ = o.netConn.Close()
-			o.stopWriting()
-			return
-		}
-		clear(batch)
 	}
 }
 
-func (o *outbound) writeBatch(bufPtr *[]byte, batch []outFrame) error {
-	now := time.Now()
-	nowNanos := now.UnixNano()
+// writeLoop is the blocking writer goroutine: it sends pending bytes left by a non-blocking
+// flush, then drains the queue in batches until it is empty.
+func (o *outbound) writeLoop() {
+	bufPtr := writeBufPool.Get().(*[]byte)
+	defer writeBufPool.Put(bufPtr)
+	o.mu.Lock()
+	pending := o.pending
+	o.pending = nil
+	o.mu.Unlock()
+	if len(pending) > 0 {
+		if _, err := o.blockingWrite(pending); err != nil {
+			o.writeFailed()
+			return
+		}
+	}
+	for {
+		batch, closing, done := o.takeBatch()
+		if done {
+			if closing != nil {
+				o.finish(closing)
+			}
+			return
+		}
+		_, err := o.writeFrames(bufPtr, batch, o.blockingWrite)
+		o.returnBatch(batch)
+		if err != nil {
+			o.writeFailed()
+			return
+		}
+	}
+}
+
+// blockingWrite writes all of p. The deadline is per write: a client that reads slowly but
+// steadily is not cut off in a long batch; one that accepts nothing for writeTimeout is.
+func (o *outbound) blockingWrite(p []byte) (int, error) {
+	_ = o.netConn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return o.netConn.Write(p)
+}
+
+// writeFailed ends a connection whose socket failed.
+func (o *outbound) writeFailed() {
+	dropped := o.markClosed()
+	o.metrics.MessagesDropped.WithLabelValues(telemetry.DropClosed).Add(float64(dropped))
+	_ = o.netConn.Close()
+	o.stopWriting()
+}
+
+// writeFrames copies frames into buffer-sized chunks and writes each chunk with one call. On
+// errWouldBlock it returns every byte not yet written (a copy), to be sent before anything else.
+func (o *outbound) writeFrames(bufPtr *[]byte, batch []outFrame, write func([]byte) (int, error)) ([]byte, error) {
+	nowNanos := time.Now().UnixNano()
 	buf := (*bufPtr)[:0]
 	var messages, sent int
-	write := func(p []byte) error {
-		// The deadline is per write: a client that reads slowly but steadily is not cut off
-		// in the middle of a long batch; one that accepts nothing for writeTimeout is.
-		_ = o.netConn.SetWriteDeadline(time.Now().Add(writeTimeout))
-		_, err := o.netConn.Write(p)
-		return err
-	}
-	flush := func() error {
-		if len(buf) == 0 {
-			return nil
+	defer func() {
+		*bufPtr = buf[:0]
+		if messages > 0 {
+			o.metrics.MessagesSent.Add(float64(messages))
 		}
-		err := write(buf)
-		sent += len(buf)
-		buf = buf[:0]
-		return err
+		o.metrics.BytesSent.Add(float64(sent))
+	}()
+	// leftover builds the unwritten remainder: the tail of the current chunk and every later frame.
+	leftover := func(chunk []byte, from int) []byte {
+		rest := append([]byte(nil), chunk...)
+		for _, f := range batch[from:] {
+			rest = append(rest, f.buf...)
+		}
+		return rest
 	}
-	for _, f := range batch {
+	writeChunk := func(chunk []byte, next int) ([]byte, error) {
+		n, err := write(chunk)
+		sent += n
+		if err == errWouldBlock || (err == nil && n < len(chunk)) {
+			return leftover(chunk[n:], next), errWouldBlock
+		}
+		return nil, err
+	}
+	for i, f := range batch {
 		if f.ingress != 0 {
 			messages++
 			o.metrics.MessageLatency.Observe(float64(nowNanos-f.ingress) / 1e9)
 		}
-		if len(buf)+len(f.buf) > cap(buf) {
-			if err := flush(); err != nil {
-				return err
+		if len(buf)+len(f.buf) > cap(buf) && len(buf) > 0 {
+			if rest, err := writeChunk(buf, i); err != nil {
+				buf = buf[:0]
+				return rest, err
 			}
-			if len(f.buf) > cap(buf) {
-				if err := write(f.buf); err != nil {
-					return err
-				}
-				sent += len(f.buf)
-				continue
+			buf = buf[:0]
+		}
+		if len(f.buf) > cap(buf) {
+			if rest, err := writeChunk(f.buf, i+1); err != nil {
+				return rest, err
 			}
+			continue
 		}
 		buf = append(buf, f.buf...)
 	}
-	err := flush()
-	*bufPtr = buf[:0]
-	if messages > 0 {
-		o.metrics.MessagesSent.Add(float64(messages))
+	if len(buf) > 0 {
+		rest, err := writeChunk(buf, len(batch))
+		buf = buf[:0]
+		return rest, err
 	}
-	o.metrics.BytesSent.Add(float64(sent))
-	return err
+	return nil, nil
 }
 
 // finish writes the close frame, then gives the client a moment to answer before the reader's

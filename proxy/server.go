@@ -289,7 +289,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		decision: decision,
 		created:  time.Now(),
 	}
-	c.out = outbound{netConn: ws.NetConn(), maxBytes: s.cfg.Backpressure.QueueBytes, policy: s.cfg.Backpressure.Policy, metrics: s.metrics}
+	c.out = outbound{netConn: ws.NetConn(), try: newTryWriter(ws.NetConn()), maxBytes: s.cfg.Backpressure.QueueBytes, policy: s.cfg.Backpressure.Policy, metrics: s.metrics}
 	if tcp, ok := ws.NetConn().(*net.TCPConn); ok && s.socketSendBuffer > 0 {
 		_ = tcp.SetWriteBuffer(s.socketSendBuffer)
 	}
