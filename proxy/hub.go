@@ -16,14 +16,17 @@ import (
 // (NoEcho), so local and remote paths cannot double up.
 func (s *Server) publish(ctx context.Context, topic string, data []byte, ingress time.Time, source string) {
 	s.metrics.MessagesReceived.WithLabelValues(source).Inc()
-	ctx, span := s.startSpan(ctx, "publish", topic)
-	s.fanout(topic, data, ingress)
-	if s.mesh != nil {
+	ctx, span := s.startSpan(ctx, telemetry.SpanPublish, topic)
+	if span == nil {
+		s.fanout(topic, data, ingress)
 		s.mesh.Publish(ctx, topic, data, ingress)
+		return
 	}
-	if span != nil {
-		span.End()
-	}
+	_, deliver := s.startSpan(ctx, telemetry.SpanDeliver, topic)
+	s.fanout(topic, data, ingress)
+	deliver.End()
+	s.mesh.Publish(ctx, topic, data, ingress)
+	span.End()
 }
 
 // fanout encodes one frame per matching pattern and shares its bytes among all that pattern's
@@ -76,7 +79,8 @@ func (s *Server) deliverRemote(m *cluster.Message) {
 		data = quoted
 	}
 	s.metrics.MessagesReceived.WithLabelValues(telemetry.SourceCluster).Inc()
-	_, span := s.startSpan(m.Ctx, "deliver", m.Topic)
+	ctx, hop := s.startSpan(m.Ctx, telemetry.SpanClusterReceive, m.Topic)
+	_, span := s.startSpan(ctx, telemetry.SpanDeliver, m.Topic)
 	f := outFrame{
 		buf:     encodeMessageFrame(m.Topic, m.Pattern, data, m.Ingress.UnixMilli()),
 		ingress: m.Ingress.UnixNano(),
@@ -92,6 +96,7 @@ func (s *Server) deliverRemote(m *cluster.Message) {
 	flushWriters(writers)
 	if span != nil {
 		span.End()
+		hop.End()
 	}
 }
 

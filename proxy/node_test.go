@@ -59,6 +59,12 @@ type testNode struct {
 // runNode starts a node with anonymous auth on 127.0.0.1:0 and stops it when the test ends.
 func runNode(t *testing.T, mutate func(c *config.Config)) *testNode {
 	t.Helper()
+	return runNodeWith(t, mutate, Options{Version: "test"})
+}
+
+// runNodeWith is runNode with explicit Options (Log is always the captured test log).
+func runNodeWith(t *testing.T, mutate func(c *config.Config), opts Options) *testNode {
+	t.Helper()
 	cfg := config.Default()
 	cfg.NodeID = "test-1"
 	cfg.Listen = "127.0.0.1:0"
@@ -73,7 +79,8 @@ func runNode(t *testing.T, mutate func(c *config.Config)) *testNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(cfg, Options{Log: log, Version: "test"})
+	opts.Log = log
+	srv, err := New(cfg, opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
