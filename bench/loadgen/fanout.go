@@ -20,6 +20,8 @@ func (r *run) fanout(ctx context.Context) error {
 		return 0
 	}
 	hist := NewShardedHist(16)
+	// stepHist holds the current ramp step's latencies (nil outside a ramp).
+	var stepHist atomic.Pointer[ShardedHist]
 	var local, remote *ShardedHist
 	if cluster {
 		local, remote = NewShardedHist(16), NewShardedHist(16)
@@ -57,6 +59,9 @@ func (r *run) fanout(ctx context.Context) error {
 				r.c.Received.Add(1)
 				lat := (now - st.SentNanos) / 1000
 				hist.Record(i, lat)
+				if sh := stepHist.Load(); sh != nil {
+					sh.Record(i, lat)
+				}
 				if cluster {
 					if pubNode(int(st.Publisher)) == node {
 						local.Record(i, lat)
@@ -91,87 +96,32 @@ func (r *run) fanout(ctx context.Context) error {
 		sleepCtx(ctx, o.Settle)
 	}
 
-	if err := r.ctl.Ready(ctx); err != nil {
-		return err
+	if !o.Ramp { // a ramp opens one measured window per step
+		if err := r.ctl.Ready(ctx); err != nil {
+			return err
+		}
 	}
 
-	// Publish.
-	perPub := o.Rate / float64(o.Publishers)
-	total := o.Count
-	if total <= 0 {
-		total = int64(o.Rate * o.Duration.Seconds())
-	}
-	published := make([]int64, o.Topics)
-	var pubMu sync.Mutex
-	var firstSend, lastSend atomic.Int64
-	// A little slack so that a publisher slightly behind schedule still sends its quota.
-	pubCtx, cancel := context.WithTimeout(ctx, o.Duration+o.Duration/10+200*time.Millisecond)
-	start := time.Now()
-	var wg sync.WaitGroup
+	// One publisher state per connection, so sequence numbers run on across ramp steps.
+	states := make([]*pubState, 0, len(pubs))
 	for p, c := range pubs {
-		quota := total / int64(o.Publishers)
-		if int64(p) < total%int64(o.Publishers) {
-			quota++
-		}
-		wg.Add(1)
-		go func(p int, c *Conn, quota int64) {
-			defer wg.Done()
-			seqs := make([]uint64, o.Topics)
-			mine := make([]int64, o.Topics)
-			defer func() {
-				pubMu.Lock()
-				for t, n := range mine {
-					published[t] += n
-				}
-				pubMu.Unlock()
-			}()
-			// Spread the publishers' phases evenly over one interval.
-			offset := time.Duration(float64(p) / float64(o.Publishers) / perPub * float64(time.Second))
-			var buf []byte
-			for k := int64(0); k < quota; k++ {
-				due := start.Add(offset + time.Duration(float64(k)/perPub*float64(time.Second)))
-				if d := time.Until(due); d > 0 {
-					sleepCtx(pubCtx, d)
-				}
-				if pubCtx.Err() != nil {
-					return
-				}
-				t := (p + int(k)) % o.Topics
-				now := time.Now().UnixNano()
-				buf = AppendPayload(buf[:0], Stamp{Publisher: uint32(p), Topic: uint32(t), Seq: seqs[t], SentNanos: now}, o.Size)
-				if err := c.Publish(TopicName(t), buf); err != nil {
-					r.mu.Lock()
-					r.res.PublishFailures++
-					r.mu.Unlock()
-					return
-				}
-				seqs[t]++
-				mine[t]++
-				r.c.Published.Add(1)
-				firstSend.CompareAndSwap(0, now)
-				for {
-					old := lastSend.Load()
-					if now <= old || lastSend.CompareAndSwap(old, now) {
-						break
-					}
-				}
-			}
-		}(p, c, quota)
+		states = append(states, &pubState{p: p, c: c, seqs: make([]uint64, o.Topics)})
 	}
-	wg.Wait()
-	cancel()
-
-	// Drain: wait until deliveries stop arriving for a while, at most Drain.
-	drainEnd := time.Now().Add(o.Drain)
-	last, quietSince := r.c.Received.Load(), time.Now()
-	for time.Now().Before(drainEnd) && ctx.Err() == nil {
-		sleepCtx(ctx, 50*time.Millisecond)
-		if n := r.c.Received.Load(); n != last {
-			last, quietSince = n, time.Now()
-		} else if time.Since(quietSince) > 500*time.Millisecond {
-			break
+	ph := &phase{r: r, states: states, lastRecv: &lastRecv, stepHist: &stepHist}
+	if o.Ramp {
+		if err := r.ramp(ctx, ph, subscribed); err != nil {
+			r.closeAll()
+			return err
 		}
+	} else {
+		total := o.Count
+		if total <= 0 {
+			total = int64(o.Rate * o.Duration.Seconds())
+		}
+		ph.publish(ctx, o.Rate, total)
+		ph.drain(ctx)
 	}
+	published, firstSend, lastSend := ph.totals()
 	err := r.ctl.Done(ctx)
 
 	r.closeAll()
@@ -191,6 +141,182 @@ func (r *run) fanout(ctx context.Context) error {
 		res.LatencyLocal = EncodeHist(local.Merged())
 		res.LatencyRemote = EncodeHist(remote.Merged())
 	}
-	res.FirstSendNanos, res.LastSendNanos, res.LastRecvNanos = firstSend.Load(), lastSend.Load(), lastRecv.Load()
+	res.FirstSendNanos, res.LastSendNanos, res.LastRecvNanos = firstSend, lastSend, lastRecv.Load()
 	return err
+}
+
+// pubState is one publisher connection and its sequence numbers per topic.
+type pubState struct {
+	p      int
+	c      *Conn
+	seqs   []uint64
+	failed bool // a publish failed: the connection is gone, later rounds skip it
+}
+
+// phase publishes in one or more rounds (one per ramp step) over the same connections.
+type phase struct {
+	r        *run
+	states   []*pubState
+	lastRecv *atomic.Int64
+	stepHist *atomic.Pointer[ShardedHist]
+
+	published []int64 // per topic, over the whole run (written between rounds only)
+
+	firstSend, lastSend atomic.Int64 // whole run
+	roundFirst          atomic.Int64 // current round
+	roundLast           atomic.Int64
+	roundFailures       atomic.Int64
+}
+
+func storeMax(a *atomic.Int64, v int64) {
+	for {
+		old := a.Load()
+		if v <= old || a.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}
+
+// publish sends total publishes at rate per second, spread over the publishers (counts are
+// global; this process sends its publishers' share), and returns what it published per topic.
+func (ph *phase) publish(ctx context.Context, rate float64, total int64) []int64 {
+	r, o := ph.r, ph.r.o
+	perPub := rate / float64(o.Publishers)
+	dur := time.Duration(float64(total) / rate * float64(time.Second))
+	ph.roundFirst.Store(0)
+	ph.roundLast.Store(0)
+	ph.roundFailures.Store(0)
+	round := make([]int64, o.Topics)
+	var roundMu sync.Mutex
+	// A little slack so that a publisher slightly behind schedule still sends its quota.
+	pubCtx, cancel := context.WithTimeout(ctx, dur+dur/10+200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, st := range ph.states {
+		if st.failed {
+			continue
+		}
+		quota := total / int64(o.Publishers)
+		if int64(st.p) < total%int64(o.Publishers) {
+			quota++
+		}
+		wg.Add(1)
+		go func(st *pubState, quota int64) {
+			defer wg.Done()
+			mine := make([]int64, o.Topics)
+			defer func() {
+				roundMu.Lock()
+				for t, n := range mine {
+					round[t] += n
+				}
+				roundMu.Unlock()
+			}()
+			// Spread the publishers' phases evenly over one interval.
+			offset := time.Duration(float64(st.p) / float64(o.Publishers) / perPub * float64(time.Second))
+			var buf []byte
+			for k := int64(0); k < quota; k++ {
+				due := start.Add(offset + time.Duration(float64(k)/perPub*float64(time.Second)))
+				if d := time.Until(due); d > 0 {
+					sleepCtx(pubCtx, d)
+				}
+				if pubCtx.Err() != nil {
+					return
+				}
+				t := (st.p + int(k)) % o.Topics
+				now := time.Now().UnixNano()
+				buf = AppendPayload(buf[:0], Stamp{Publisher: uint32(st.p), Topic: uint32(t), Seq: st.seqs[t], SentNanos: now}, o.Size)
+				if err := st.c.Publish(TopicName(t), buf); err != nil {
+					st.failed = true
+					ph.roundFailures.Add(1)
+					r.mu.Lock()
+					r.res.PublishFailures++
+					r.mu.Unlock()
+					return
+				}
+				st.seqs[t]++
+				mine[t]++
+				r.c.Published.Add(1)
+				ph.firstSend.CompareAndSwap(0, now)
+				ph.roundFirst.CompareAndSwap(0, now)
+				storeMax(&ph.lastSend, now)
+				storeMax(&ph.roundLast, now)
+			}
+		}(st, quota)
+	}
+	wg.Wait()
+	ph.published = addSlice(ph.published, round)
+	return round
+}
+
+// drain waits until deliveries stop arriving for a while, at most Drain.
+func (ph *phase) drain(ctx context.Context) {
+	r := ph.r
+	drainEnd := time.Now().Add(r.o.Drain)
+	last, quietSince := r.c.Received.Load(), time.Now()
+	for time.Now().Before(drainEnd) && ctx.Err() == nil {
+		sleepCtx(ctx, 50*time.Millisecond)
+		if n := r.c.Received.Load(); n != last {
+			last, quietSince = n, time.Now()
+		} else if time.Since(quietSince) > 500*time.Millisecond {
+			break
+		}
+	}
+}
+
+// totals returns the publishes per topic over the whole run and the first and last send times.
+func (ph *phase) totals() ([]int64, int64, int64) {
+	published := ph.published
+	if published == nil {
+		published = make([]int64, ph.r.o.Topics)
+	}
+	return published, ph.firstSend.Load(), ph.lastSend.Load()
+}
+
+// ramp runs the saturation search: one Ready/publish/drain/Step round per rate step. The
+// measured window of each step opens in Ready and closes in Step (StepControl) or right after
+// the drain; the run's final Done follows the last step.
+func (r *run) ramp(ctx context.Context, ph *phase, subscribed []int64) error {
+	o := r.o
+	for k := 0; k < o.RampSteps; k++ {
+		if err := r.ctl.Ready(ctx); err != nil {
+			return err
+		}
+		rate := o.RampRate(k)
+		sh := NewShardedHist(16)
+		ph.stepHist.Store(sh)
+		recv0, closed0 := r.c.Received.Load(), r.c.Closed.Load()
+		round := ph.publish(ctx, rate, int64(rate*o.Duration.Seconds()))
+		ph.drain(ctx)
+		ph.stepHist.Store(nil)
+		st := &StepResult{
+			Step: k + 1, Rate: rate,
+			PublishedPerTopic: round, SubscribedPerTopic: append([]int64(nil), subscribed...),
+			PublishFailures: ph.roundFailures.Load(),
+			Received:        r.c.Received.Load() - recv0,
+			ClosedByServer:  r.c.Closed.Load() - closed0,
+			Latency:         EncodeHist(sh.Merged()),
+			FirstSendNanos:  ph.roundFirst.Load(), LastSendNanos: ph.roundLast.Load(), LastRecvNanos: ph.lastRecv.Load(),
+		}
+		for _, n := range round {
+			st.Published += n
+		}
+		r.mu.Lock()
+		r.res.Steps = append(r.res.Steps, st)
+		r.mu.Unlock()
+		next := false
+		var err error
+		if sc, ok := r.ctl.(StepControl); ok {
+			next, err = sc.Step(ctx, st)
+		} else {
+			next = st.Judge(o.RampP99).Pass
+		}
+		if err != nil {
+			return err
+		}
+		if !next || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"fmt"
 	"io"
+	"runtime"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -26,14 +27,31 @@ type ServerStats struct {
 	RSSBaselineKiB int64   `json:"rss_baseline_kib"`
 	RSSKiB         int64   `json:"rss_kib"`
 	CPUSeconds     float64 `json:"cpu_seconds"`
-	WindowSeconds  float64 `json:"window_seconds"`
+	// SysCPUSeconds is the kernel part (stime) of CPUSeconds: socket writes on loopback carry
+	// the receiving side's TCP processing too.
+	SysCPUSeconds float64 `json:"sys_cpu_seconds"`
+	WindowSeconds float64 `json:"window_seconds"`
+	// GeneratorCPUSeconds is the load generator's own CPU over the window (all its processes).
+	GeneratorCPUSeconds float64 `json:"generator_cpu_seconds"`
+	// MachineBusy is the fraction of all CPUs of the machine busy over the window (everyone's).
+	MachineBusy float64 `json:"machine_busy"`
+	// LoadAvg is /proc/loadavg's 1, 5 and 15 minute averages at the end of the window.
+	LoadAvg string `json:"loadavg,omitempty"`
 	// Dropped is the increase of revenprox_messages_dropped_total over the window (-1: not scraped).
 	Dropped float64 `json:"dropped"`
 	// Rejected is the increase of revenprox_connections_rejected_total by reason.
 	Rejected map[string]float64 `json:"rejected,omitempty"`
 	// SlowConsumers is the increase of a NATS server's slow_consumers (/varz), -1 when unknown.
-	SlowConsumers int64    `json:"slow_consumers"`
-	Notes         []string `json:"notes,omitempty"`
+	SlowConsumers int64 `json:"slow_consumers"`
+	// MemoryBaseline and Memory are the Go runtime and process memory figures of /metrics
+	// (summed over the servers) before connecting and at the end of the window.
+	MemoryBaseline map[string]float64 `json:"memory_baseline,omitempty"`
+	Memory         map[string]float64 `json:"memory,omitempty"`
+	// Goroutines is the count of /debug/pprof/goroutine at the end (admin listener; -1: not read).
+	Goroutines int64 `json:"goroutines,omitempty"`
+	// Profiles are the files the profiler wrote (CPU per window, heap and goroutines at the end).
+	Profiles []string `json:"profiles,omitempty"`
+	Notes    []string `json:"notes,omitempty"`
 }
 
 // Result is what one worker (or the merge of all workers) measured.
@@ -63,6 +81,9 @@ type Result struct {
 	FirstSendNanos int64 `json:"first_send_unix_ns"`
 	LastSendNanos  int64 `json:"last_send_unix_ns"`
 	LastRecvNanos  int64 `json:"last_recv_unix_ns"`
+
+	// Steps are the ramp steps that ran (ramp runs only).
+	Steps []*StepResult `json:"steps,omitempty"`
 
 	Server   *ServerStats `json:"server,omitempty"`
 	Warnings []string     `json:"warnings,omitempty"`
@@ -132,6 +153,12 @@ func (r *Result) Merge(o *Result) {
 	r.LastSendNanos = maxInt64(r.LastSendNanos, o.LastSendNanos)
 	r.LastRecvNanos = maxInt64(r.LastRecvNanos, o.LastRecvNanos)
 	r.Warnings = append(r.Warnings, o.Warnings...)
+	for i, st := range o.Steps {
+		if i >= len(r.Steps) {
+			r.Steps = append(r.Steps, &StepResult{})
+		}
+		r.Steps[i].Merge(st)
+	}
 }
 
 // Summary holds the figures derived from a Result.
@@ -154,6 +181,8 @@ type Summary struct {
 	CPUPerConnect    float64     `json:"server_cpu_us_per_connect"`
 	ServerDropped    float64     `json:"server_dropped"`
 	Verdict          string      `json:"verdict,omitempty"`
+	// Ramp is the saturation search outcome (ramp runs only).
+	Ramp *RampSummary `json:"ramp,omitempty"`
 }
 
 // Expected is the number of deliveries the publishes should have produced: for every topic,
@@ -212,10 +241,25 @@ func (r *Result) Summary() Summary {
 		if r.Seq.Received > 0 {
 			s.CPUPerDelivery = sv.CPUSeconds * 1e6 / float64(r.Seq.Received)
 		}
+		if len(r.Steps) > 0 { // a ramp: the server was measured step by step
+			var cpu float64
+			var recv int64
+			for _, st := range r.Steps {
+				if st.Server != nil {
+					cpu += st.Server.CPUSeconds
+					recv += st.Received
+				}
+			}
+			s.CPUPerDelivery = 0
+			if recv > 0 {
+				s.CPUPerDelivery = cpu * 1e6 / float64(recv)
+			}
+		}
 		if r.Scenario == "connect" && r.Connect.Established > 0 {
 			s.CPUPerConnect = sv.CPUSeconds * 1e6 / float64(r.Connect.Established)
 		}
 	}
+	s.Ramp = r.Ramp()
 	s.Verdict = r.verdict(s)
 	return s
 }
@@ -238,6 +282,17 @@ func (r *Result) verdict(s Summary) string {
 		if r.Server.SlowConsumers > 0 {
 			parts = append(parts, fmt.Sprintf("server flagged %d slow consumers", r.Server.SlowConsumers))
 		}
+	}
+	if rs := s.Ramp; rs != nil {
+		// In a ramp the failing step is the expected end; its losses and drops are its verdict.
+		if rs.Sustained != nil {
+			parts = append(parts, fmt.Sprintf("ramp sustained %.0f publishes/s = %.0f deliveries/s (p99 %s)",
+				rs.Sustained.PublishPerSec, rs.Sustained.DeliveriesPerSec, us(rs.Sustained.Latency.P99)))
+		} else {
+			parts = append(parts, "ramp: no step passed")
+		}
+		parts = append(parts, "stop: "+rs.Stop)
+		return strings.Join(parts, "; ")
 	}
 	if s.Lost > 0 {
 		parts = append(parts, fmt.Sprintf("%d deliveries lost", s.Lost))
@@ -323,6 +378,21 @@ func (r *Result) WriteTable(w io.Writer) {
 			fmt.Fprintf(tw, "latency cross node\t%s\n", pctRow(s.LatencyRemote))
 		}
 	}
+	if rs := s.Ramp; rs != nil {
+		for _, st := range rs.Steps {
+			mark := "pass"
+			if !st.Pass {
+				mark = "FAIL: " + st.Why
+			}
+			fmt.Fprintf(tw, "ramp step %d\t%.0f pub/s target, %.0f pub/s sent, %.0f deliveries/s, p99 %s, %.2f µs CPU per delivery (%.0f%% kernel), %.2f server cores, lost %d: %s\n",
+				st.Step, st.Rate, st.PublishPerSec, st.DeliveriesPerSec, us(st.Latency.P99), st.CPUPerDelivery, 100*st.KernelShare, st.ServerCPUCores, st.Lost, mark)
+		}
+		if sus := rs.Sustained; sus != nil {
+			fmt.Fprintf(tw, "sustained\t%.0f publishes/s = %.0f deliveries/s, p99 %s, %.2f µs server CPU per delivery (step %d)\n",
+				sus.PublishPerSec, sus.DeliveriesPerSec, us(sus.Latency.P99), sus.CPUPerDelivery, sus.Step)
+		}
+		fmt.Fprintf(tw, "ramp stop\t%s\n", rs.Stop)
+	}
 	if len(r.ServerErrors) > 0 {
 		fmt.Fprintf(tw, "server error frames\t%s\n", mapString(r.ServerErrors))
 	}
@@ -341,12 +411,27 @@ func (r *Result) WriteTable(w io.Writer) {
 		if s.CPUPerConnect > 0 {
 			fmt.Fprintf(tw, " = %.1f µs per connect", s.CPUPerConnect)
 		}
+		fmt.Fprintf(tw, " (kernel %.0f%%)", 100*sv.SysCPUSeconds/max(sv.CPUSeconds, 1e-9))
 		fmt.Fprintln(tw)
+		if sv.WindowSeconds > 0 {
+			fmt.Fprintf(tw, "CPU split\tserver %.2f cores, generator %.2f cores, machine %.0f%% busy (all processes, %d CPUs); load average %s\n",
+				sv.CPUSeconds/sv.WindowSeconds, sv.GeneratorCPUSeconds/sv.WindowSeconds, 100*sv.MachineBusy, runtime.NumCPU(), sv.LoadAvg)
+		}
 		if sv.Dropped >= 0 {
 			fmt.Fprintf(tw, "server drops\t%.0f (revenprox_messages_dropped_total)\n", sv.Dropped)
 		}
 		if sv.SlowConsumers >= 0 {
 			fmt.Fprintf(tw, "server slow consumers\t%d\n", sv.SlowConsumers)
+		}
+		if mem, base := sv.Memory, sv.MemoryBaseline; len(mem) > 0 && r.Connect.Established > 0 {
+			per := func(k string) float64 { return (mem[k] - base[k]) / 1024 / float64(r.Connect.Established) }
+			fmt.Fprintf(tw, "server memory per connection\tRSS %.2f KiB = heap in use %.2f (live %.2f) + stacks %.2f + spans %.2f KiB; heap idle %.2f KiB, released %.2f KiB (go_memstats deltas)\n",
+				per("process_resident_memory_bytes"), per("go_memstats_heap_inuse_bytes"), per("go_memstats_heap_alloc_bytes"),
+				per("go_memstats_stack_inuse_bytes"), per("go_memstats_mspan_inuse_bytes"), per("go_memstats_heap_idle_bytes"), per("go_memstats_heap_released_bytes"))
+			fmt.Fprintf(tw, "server goroutines\t%.0f (baseline %.0f)\n", mem["go_goroutines"], base["go_goroutines"])
+		}
+		for _, p := range sv.Profiles {
+			fmt.Fprintf(tw, "profile\t%s\n", p)
 		}
 		for _, n := range sv.Notes {
 			fmt.Fprintf(tw, "note\t%s\n", n)

@@ -42,6 +42,13 @@ type Options struct {
 	// Settle is a pause after every subscription is confirmed and before the measured phase:
 	// in a cluster, interest reaches the other nodes asynchronously.
 	Settle time.Duration `json:"settle,omitempty"`
+	// Ramp turns fanout/cluster into a saturation search: steps of Duration each, starting at
+	// Rate and multiplied by RampFactor per step, at most RampSteps, stopping at the first step
+	// that loses, drops, falls behind schedule or exceeds RampP99 (see ramp.go).
+	Ramp       bool          `json:"ramp,omitempty"`
+	RampFactor float64       `json:"ramp_factor,omitempty"`
+	RampSteps  int           `json:"ramp_steps,omitempty"`
+	RampP99    time.Duration `json:"ramp_p99,omitempty"`
 
 	Tokens      int     `json:"tokens,omitempty"`       // connect: distinct tokens bench-0..K-1
 	Token       string  `json:"-"`                      // static token for every connection
@@ -95,6 +102,20 @@ func (o *Options) Validate() error {
 		}
 		if o.Drain <= 0 {
 			o.Drain = 3 * time.Second
+		}
+		if o.Ramp {
+			if o.RampFactor == 0 {
+				o.RampFactor = 1.5
+			}
+			if o.RampSteps == 0 {
+				o.RampSteps = 8
+			}
+			if o.RampP99 <= 0 {
+				o.RampP99 = 100 * time.Millisecond
+			}
+			if o.RampFactor <= 1 || o.RampSteps < 1 || o.RampSteps > 30 || o.Count > 0 {
+				return fmt.Errorf("%w: --ramp needs --ramp-factor > 1, 1 <= --ramp-steps <= 30 and no --count", ErrOptions)
+			}
 		}
 	default:
 		return fmt.Errorf("%w: scenario %q", ErrOptions, o.Scenario)

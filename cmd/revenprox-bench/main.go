@@ -21,6 +21,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -81,6 +82,8 @@ type cliFlags struct {
 	noProgress  bool
 	noMetrics   bool
 	raiseLimits bool
+	prof        loadgen.Profiler
+	selfProfile string
 }
 
 func parseFlags(scenario string, args []string, stderr io.Writer) (*cliFlags, error) {
@@ -102,6 +105,10 @@ func parseFlags(scenario string, args []string, stderr io.Writer) (*cliFlags, er
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "publishing (fanout), holding (idle), storm cap (connect)")
 	fs.DurationVar(&o.Drain, "drain", 3*time.Second, "fanout: longest wait for in-flight deliveries")
 	fs.DurationVar(&o.Settle, "settle", 0, "fanout, cluster: pause after subscribing, before publishing (cluster interest propagation)")
+	fs.BoolVar(&o.Ramp, "ramp", false, "fanout, cluster: saturation search; steps of --duration from --rate, x --ramp-factor per step, stop at the first step with loss, drops or p99 > --ramp-p99")
+	fs.Float64Var(&o.RampFactor, "ramp-factor", 1.5, "ramp: rate multiplier per step")
+	fs.IntVar(&o.RampSteps, "ramp-steps", 8, "ramp: most steps")
+	fs.DurationVar(&o.RampP99, "ramp-p99", 100*time.Millisecond, "ramp: a step passes only with p99 at most this")
 	fs.StringVar(&o.PublishOn, "publish-on", "first", "cluster: publishers on the first node or on all")
 	fs.IntVar(&o.Tokens, "tokens", 0, "distinct tokens bench-0..K-1 (0: --token or none)")
 	fs.StringVar(&o.Token, "token", "", "static bearer token")
@@ -121,6 +128,11 @@ func parseFlags(scenario string, args []string, stderr io.Writer) (*cliFlags, er
 	fs.StringVar(&f.out, "out", "", "also write the JSON result to this file")
 	fs.DurationVar(&f.timeout, "timeout", 0, "hard overall timeout (0: duration + drain + 3m)")
 	fs.BoolVar(&f.noProgress, "quiet", false, "no progress line on stderr")
+	fs.StringVar(&f.prof.AdminURL, "admin-url", "", "server admin listener (http://host:port) for profiles (needs --profile)")
+	fs.StringVar(&f.prof.Key, "admin-key", os.Getenv("REVENPROX_BENCH_ADMIN_KEY"), "admin.api_key for --admin-url (default $REVENPROX_BENCH_ADMIN_KEY)")
+	fs.StringVar(&f.prof.Prefix, "profile", "", "write server profiles to PREFIX.w<window>.{cpu,heap}.pprof and .goroutine.txt (needs --admin-url)")
+	fs.IntVar(&f.prof.CPUSeconds, "profile-seconds", 0, "CPU profile length per measured window (0: --duration, at most 30; idle: none)")
+	fs.StringVar(&f.selfProfile, "self-cpuprofile", "", "write the generator's own CPU profile here (workers add .worker<i>)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -140,6 +152,21 @@ func parseFlags(scenario string, args []string, stderr io.Writer) (*cliFlags, er
 	}
 	if o.Scenario != loadgen.ScenarioConnect {
 		o.Warmup = false
+	}
+	if o.Ramp {
+		// Every step may drain; the default timeout grows with the steps.
+		if f.timeout == o.Duration+o.Drain+3*time.Minute {
+			f.timeout = time.Duration(max(o.RampSteps, 1))*(o.Duration+o.Drain+5*time.Second) + 3*time.Minute
+		}
+	}
+	if (f.prof.AdminURL == "") != (f.prof.Prefix == "") {
+		return nil, errors.New("--admin-url and --profile go together")
+	}
+	if f.prof.Prefix != "" {
+		f.prof.Heap = true
+		if f.prof.CPUSeconds == 0 && o.Scenario != loadgen.ScenarioIdle {
+			f.prof.CPUSeconds = int(min(max(o.Duration, time.Second), 30*time.Second) / time.Second)
+		}
 	}
 	return f, nil
 }
@@ -178,6 +205,17 @@ func scenarioMain(scenario string, args []string, stdout, stderr io.Writer) int 
 	})
 	defer watchdog.Stop()
 
+	if f.selfProfile != "" {
+		name := f.selfProfile
+		if f.worker != "" {
+			name += ".worker" + strings.ReplaceAll(f.worker, "/", "of")
+		}
+		if stopProf, err := startSelfProfile(name); err != nil {
+			fmt.Fprintln(stderr, "revenprox-bench: self profile:", err)
+		} else {
+			defer stopProf()
+		}
+	}
 	if f.worker != "" {
 		return workerMain(ctx, f, stdout, stderr)
 	}
@@ -186,7 +224,10 @@ func scenarioMain(scenario string, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "revenprox-bench:", err)
 		return 2
 	}
-	m := &loadgen.Measurer{VarzURLs: f.varz}
+	m := &loadgen.Measurer{VarzURLs: f.varz, GeneratorPIDs: []int{os.Getpid()}}
+	if f.prof.Prefix != "" {
+		m.Profiler = &f.prof
+	}
 	for _, p := range f.pids {
 		pid, err := strconv.Atoi(p)
 		if err != nil {
@@ -255,16 +296,31 @@ func metricsURL(ws string) string {
 
 // localControl measures the server between the phases of an in-process run.
 type localControl struct {
-	m     *loadgen.Measurer
-	stats *loadgen.ServerStats
+	m       *loadgen.Measurer
+	stats   *loadgen.ServerStats
+	p99     time.Duration
+	stepped bool // a ramp: the last step's window is the run's
 }
 
 func (c *localControl) Ready(ctx context.Context) error { c.m.AtReady(ctx); return nil }
-func (c *localControl) Done(ctx context.Context) error  { c.stats = c.m.AtDone(ctx); return nil }
+func (c *localControl) Done(ctx context.Context) error {
+	if c.stats == nil || !c.stepped {
+		c.stats = c.m.AtDone(ctx)
+	}
+	return nil
+}
+
+// Step closes a ramp step's window, judges the step and says whether to go on.
+func (c *localControl) Step(ctx context.Context, st *loadgen.StepResult) (bool, error) {
+	c.stats = c.m.AtDone(ctx)
+	c.stepped = true
+	st.Server = c.stats
+	return st.Judge(c.p99).Pass, nil
+}
 
 func runLocal(ctx context.Context, f *cliFlags, m *loadgen.Measurer, stderr io.Writer) (*loadgen.Result, *loadgen.ServerStats, error) {
 	counters := &loadgen.Counters{}
-	ctl := &localControl{m: m}
+	ctl := &localControl{m: m, p99: f.o.RampP99}
 	stopProgress := startProgress(f, stderr, counters.Snapshot)
 	res, err := loadgen.Run(ctx, f.o, ctl, counters)
 	stopProgress()
@@ -301,4 +357,17 @@ func startProgress(f *cliFlags, stderr io.Writer, sample func() loadgen.Progress
 		}
 	}()
 	return func() { close(done); <-finished }
+}
+
+// startSelfProfile profiles this process into file until the returned func is called.
+func startSelfProfile(file string) (func(), error) {
+	fh, err := os.Create(file)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(fh); err != nil {
+		fh.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); fh.Close() }, nil
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/revenprox/revenprox/bench/loadgen"
 	"go.uber.org/goleak"
@@ -130,5 +131,58 @@ func TestReportMediansRatiosAndMarkers(t *testing.T) {
 	}
 	if bytes.Contains(out, []byte("\nold\n")) || bytes.Count(out, []byte(beginMarker)) != 1 {
 		t.Error("generated block not replaced exactly once")
+	}
+}
+
+func writeRampRun(t *testing.T, dir, name string, sustainedDPS, cpu1 float64) {
+	t.Helper()
+	first := loadgen.StepSummary{Step: 1, Rate: 500, DeliveriesPerSec: 50000, CPUPerDelivery: cpu1, Pass: true}
+	sus := loadgen.StepSummary{Step: 2, Rate: 750, DeliveriesPerSec: sustainedDPS, CPUPerDelivery: cpu1, Pass: true}
+	sus.Latency.P99 = 40_000
+	rf := runFile{Result: &loadgen.Result{Scenario: "fanout"}, Summary: loadgen.Summary{Verdict: "ramp sustained",
+		Ramp: &loadgen.RampSummary{Steps: []loadgen.StepSummary{first, sus, {Step: 3, Why: "p99 300ms > 100ms"}}, Sustained: &sus, Stop: "step 3 at 1125 publishes/s failed: p99"}}}
+	b, _ := json.Marshal(rf)
+	if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReportRampSustainedRatiosAndTargets(t *testing.T) {
+	dir := t.TempDir()
+	writeRampRun(t, dir, "fanout-revenprox.1.json", 150000, 4)
+	writeRampRun(t, dir, "fanout-revenprox.2.json", 120000, 6)
+	writeRampRun(t, dir, "fanout-revenprox.3.json", 90000, 5)
+	writeRampRun(t, dir, "fanout-nats.1.json", 60000, 15)
+	doc := filepath.Join(dir, "benchmarks.md")
+	if code := reportMain([]string{"--dir", dir, "--out", doc}, io.Discard); code != 0 {
+		t.Fatalf("report exit %d", code)
+	}
+	out, _ := os.ReadFile(doc)
+	for _, want := range []string{
+		"| sustained deliveries/s (last passing step) | 120000 | 60000 | 2.00× |",
+		"| server CPU µs per delivery at step 1 | 5.00 | 15.00 | 0.33× |",
+		"| fanout: sustained deliveries/s ≥ 1.5× NATS | 2.00× | met |",
+		"| fanout: server CPU ≤ 2 µs per delivery (step 1) | 5.00 µs | not met |",
+		"`fanout-nats` run 1: step 3 at 1125 publishes/s failed",
+	} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("document lacks %q", want)
+		}
+	}
+}
+
+func TestParseFlagsRampAndProfile(t *testing.T) {
+	f, err := parseFlags("fanout", []string{"--ramp", "--duration", "4s", "--admin-url", "http://127.0.0.1:1", "--profile", "/tmp/x"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.o.Ramp || f.prof.CPUSeconds != 4 || !f.prof.Heap || f.timeout < 8*(4*time.Second) {
+		t.Fatalf("ramp %v cpu %d heap %v timeout %v", f.o.Ramp, f.prof.CPUSeconds, f.prof.Heap, f.timeout)
+	}
+	if _, err := parseFlags("fanout", []string{"--profile", "/tmp/x"}, io.Discard); err == nil {
+		t.Fatal("--profile without --admin-url accepted")
+	}
+	if f, err := parseFlags("idle", []string{"--admin-url", "http://a", "--profile", "/tmp/x"}, io.Discard); err != nil || f.prof.CPUSeconds != 0 {
+		t.Fatalf("idle takes no CPU profile: %v %v", f, err)
 	}
 }

@@ -21,10 +21,11 @@ import (
 // writes one JSON event per line on stdout (ready, progress, done, result, error) and reads
 // one command per line on stdin (go after ready, close after done). EOF on stdin aborts.
 type workerEvent struct {
-	Event    string            `json:"ev"`
-	Progress *loadgen.Progress `json:"progress,omitempty"`
-	Result   *loadgen.Result   `json:"result,omitempty"`
-	Error    string            `json:"error,omitempty"`
+	Event    string              `json:"ev"`
+	Progress *loadgen.Progress   `json:"progress,omitempty"`
+	Result   *loadgen.Result     `json:"result,omitempty"`
+	Step     *loadgen.StepResult `json:"step,omitempty"`
+	Error    string              `json:"error,omitempty"`
 }
 
 var errWorkerAborted = errors.New("revenprox-bench: coordinator went away")
@@ -42,28 +43,46 @@ func (c *pipeControl) send(ev workerEvent) {
 	_ = c.enc.Encode(ev)
 }
 
-func (c *pipeControl) await(ctx context.Context, want string) error {
-	got := make(chan bool, 1)
-	go func() { got <- c.in.Scan() && strings.TrimSpace(c.in.Text()) == want }()
-	select {
-	case ok := <-got:
-		if !ok {
-			return errWorkerAborted
+func (c *pipeControl) await(ctx context.Context, want ...string) (string, error) {
+	got := make(chan string, 1)
+	go func() {
+		if c.in.Scan() {
+			got <- strings.TrimSpace(c.in.Text())
+			return
 		}
-		return nil
+		got <- ""
+	}()
+	select {
+	case cmd := <-got:
+		for _, w := range want {
+			if cmd == w {
+				return cmd, nil
+			}
+		}
+		return "", errWorkerAborted
 	case <-ctx.Done():
-		return ctx.Err()
+		return "", ctx.Err()
 	}
 }
 
 func (c *pipeControl) Ready(ctx context.Context) error {
 	c.send(workerEvent{Event: "ready"})
-	return c.await(ctx, "go")
+	_, err := c.await(ctx, "go")
+	return err
 }
 
 func (c *pipeControl) Done(ctx context.Context) error {
 	c.send(workerEvent{Event: "done"})
-	return c.await(ctx, "close")
+	_, err := c.await(ctx, "close")
+	return err
+}
+
+// Step hands a ramp step to the coordinator, which merges every worker's step, judges it and
+// answers next or stop.
+func (c *pipeControl) Step(ctx context.Context, st *loadgen.StepResult) (bool, error) {
+	c.send(workerEvent{Event: "step", Step: st})
+	cmd, err := c.await(ctx, "next", "stop")
+	return cmd == "next", err
 }
 
 func workerMain(ctx context.Context, f *cliFlags, stdout, stderr io.Writer) int {
@@ -167,6 +186,7 @@ func runWorkers(ctx context.Context, f *cliFlags, args []string, n int, m *loadg
 			return nil, nil, err
 		}
 		procs[i] = &workerProc{cmd: cmd, stdin: stdin}
+		m.GeneratorPIDs = append(m.GeneratorPIDs, cmd.Process.Pid)
 		readers.Add(1)
 		go func(i int) {
 			defer readers.Done()
@@ -197,6 +217,9 @@ func runWorkers(ctx context.Context, f *cliFlags, args []string, n int, m *loadg
 
 	var stats *loadgen.ServerStats
 	ready, done, results, exited := 0, 0, 0, 0
+	var steps []*loadgen.StepResult // merged ramp steps with the server's figures
+	var stepping *loadgen.StepResult
+	stepped := 0
 	broadcast := func(cmd string) {
 		for _, p := range procs {
 			_, _ = io.WriteString(p.stdin, cmd+"\n")
@@ -217,12 +240,34 @@ func runWorkers(ctx context.Context, f *cliFlags, args []string, n int, m *loadg
 			progressMu.Unlock()
 		case "ready":
 			if ready++; ready == n {
+				ready = 0 // a ramp has one ready per step
 				m.AtReady(ctx)
 				broadcast("go")
 			}
+		case "step":
+			if stepping == nil {
+				stepping = &loadgen.StepResult{}
+			}
+			if ev.ev.Step != nil {
+				stepping.Merge(ev.ev.Step)
+			}
+			if stepped++; stepped == n {
+				stats = m.AtDone(ctx)
+				stepping.Server = stats
+				steps = append(steps, stepping)
+				next := stepping.Judge(f.o.RampP99).Pass
+				stepping, stepped = nil, 0
+				if next {
+					broadcast("next")
+				} else {
+					broadcast("stop")
+				}
+			}
 		case "done":
 			if done++; done == n {
-				stats = m.AtDone(ctx)
+				if len(steps) == 0 {
+					stats = m.AtDone(ctx)
+				}
 				broadcast("close")
 			}
 		case "result":
@@ -244,6 +289,11 @@ func runWorkers(ctx context.Context, f *cliFlags, args []string, n int, m *loadg
 		}
 	}
 	merged.Workers = n
+	for i, st := range steps {
+		if i < len(merged.Steps) {
+			merged.Steps[i].Server = st.Server
+		}
+	}
 	if stats == nil {
 		stats = m.AtDone(ctx)
 	}
