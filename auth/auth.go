@@ -154,7 +154,7 @@ func New(cfg config.AuthConfig, node string, m *telemetry.Metrics, log *slog.Log
 // shared webhook call runs to its own auth.timeout so other callers of the same token are not
 // cut short.
 func (a *Authenticator) Authenticate(ctx context.Context, req Request) (*Decision, error) {
-	d, err, source := a.authenticate(ctx, req)
+	d, source, err := a.authenticate(ctx, req)
 	switch {
 	case err == nil:
 		a.allowed.Inc()
@@ -182,15 +182,15 @@ const (
 	sourceNone      = "none"
 )
 
-func (a *Authenticator) authenticate(ctx context.Context, req Request) (*Decision, error, string) {
+func (a *Authenticator) authenticate(ctx context.Context, req Request) (*Decision, string, error) {
 	if a.closed.Load() {
-		return nil, fmt.Errorf("%w: authenticator closed", ErrUnavailable), sourceNone
+		return nil, sourceNone, fmt.Errorf("%w: authenticator closed", ErrUnavailable)
 	}
 	if req.Token == "" || a.webhook == nil {
 		if a.cfg.AllowAnonymous {
-			return a.anonymous, nil, sourceAnonymous
+			return a.anonymous, sourceAnonymous, nil
 		}
-		return nil, fmt.Errorf("%w: no credentials", ErrDenied), sourceNone
+		return nil, sourceNone, fmt.Errorf("%w: no credentials", ErrDenied)
 	}
 
 	key := keyOf(req.Token)
@@ -198,7 +198,7 @@ func (a *Authenticator) authenticate(ctx context.Context, req Request) (*Decisio
 	if fresh {
 		a.metrics.AuthCacheHits.Inc()
 		d, err := a.entryResult(entry)
-		return d, err, sourceCache
+		return d, sourceCache, err
 	}
 	a.metrics.AuthCacheMisses.Inc()
 	return a.authenticateMiss(ctx, key, req, entry)
@@ -207,7 +207,7 @@ func (a *Authenticator) authenticate(ctx context.Context, req Request) (*Decisio
 // authenticateMiss asks the webhook (once per token at a time) and falls back to stale, an
 // allow entry past its TTL but within stale_grace, when the call fails. It is split from
 // authenticate so the closure below does not move the cache-hit path's variables to the heap.
-func (a *Authenticator) authenticateMiss(ctx context.Context, key tokenKey, req Request, stale *cacheEntry) (*Decision, error, string) {
+func (a *Authenticator) authenticateMiss(ctx context.Context, key tokenKey, req Request, stale *cacheEntry) (*Decision, string, error) {
 	ch := a.flights.DoChan(string(key[:]), func() (any, error) {
 		return a.resolve(ctx, key, req)
 	})
@@ -215,20 +215,20 @@ func (a *Authenticator) authenticateMiss(ctx context.Context, key tokenKey, req 
 	select {
 	case res = <-ch:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err()), sourceNone
+		return nil, sourceNone, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	}
 	if res.Err == nil {
 		d, err := a.entryResult(res.Val.(*cacheEntry))
-		return d, err, sourceWebhook
+		return d, sourceWebhook, err
 	}
 	// The webhook failed or the breaker refused the call: serve a stale allow if we have one.
 	if stale != nil && !stale.denied() && time.Now().Before(stale.staleUntil) {
-		return stale.decision, nil, sourceStale
+		return stale.decision, sourceStale, nil
 	}
 	if errors.Is(res.Err, errClosed) {
-		return nil, fmt.Errorf("%w: authenticator closed", ErrUnavailable), sourceNone
+		return nil, sourceNone, fmt.Errorf("%w: authenticator closed", ErrUnavailable)
 	}
-	return nil, fmt.Errorf("%w: webhook %v", ErrUnavailable, res.Err), sourceNone
+	return nil, sourceNone, fmt.Errorf("%w: webhook %w", ErrUnavailable, res.Err)
 }
 
 // entryResult turns a cached entry into Authenticate's result.

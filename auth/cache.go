@@ -97,5 +97,3 @@ func (c *decisionCache) put(key tokenKey, e *cacheEntry, now time.Time) {
 func (c *decisionCache) mayServe(now time.Time) bool {
 	return now.UnixNano() < c.usableUntil.Load()
 }
-
-func (c *decisionCache) len() int { return c.lru.Len() }

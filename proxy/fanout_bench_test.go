@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/revenprox/revenprox/config"
 	"github.com/revenprox/revenprox/telemetry"
 	"github.com/revenprox/revenprox/topics"
@@ -65,9 +67,23 @@ func (m *memNode) waitDrained() {
 }
 
 // BenchmarkFanout10k publishes to one topic with 10,000 local subscribers; every delivery goes
-// through a real outbound queue and writer into an in-memory socket.
+// through a real outbound queue and writer into an in-memory socket. The latency=off variant
+// replaces message_latency_seconds with a no-op to show what recording it costs.
 func BenchmarkFanout10k(b *testing.B) {
+	b.Run("latency=on", func(b *testing.B) { benchmarkFanout10k(b, false) })
+	b.Run("latency=off", func(b *testing.B) { benchmarkFanout10k(b, true) })
+}
+
+// noopHistogram stands in for a histogram that records nothing.
+type noopHistogram struct{ prometheus.Histogram }
+
+func (noopHistogram) Observe(float64) {}
+
+func benchmarkFanout10k(b *testing.B, noLatency bool) {
 	m := newMemNode(b, 10000)
+	if noLatency {
+		m.srv.metrics.MessageLatency = noopHistogram{}
+	}
 	for _, c := range m.conns {
 		m.srv.index.Subscribe("room.lobby", c)
 	}

@@ -312,7 +312,7 @@ func (o *outbound) flush() {
 		rest, err := o.writeFrames(bufPtr, batch, func(p []byte) (int, error) { return o.try.tryWrite(p) })
 		o.returnBatch(batch)
 		switch {
-		case err == errWouldBlock:
+		case errors.Is(err, errWouldBlock):
 			o.mu.Lock()
 			o.pending = rest
 			o.mu.Unlock()
@@ -396,7 +396,7 @@ func (o *outbound) writeFrames(bufPtr *[]byte, batch []outFrame, write func([]by
 	writeChunk := func(chunk []byte, next int) ([]byte, error) {
 		n, err := write(chunk)
 		sent += n
-		if err == errWouldBlock || (err == nil && n < len(chunk)) {
+		if errors.Is(err, errWouldBlock) || (err == nil && n < len(chunk)) {
 			return leftover(chunk[n:], next), errWouldBlock
 		}
 		return nil, err

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -281,7 +280,7 @@ func binary(t *testing.T) string {
 		}
 		goTool, err := exec.LookPath("go")
 		if err != nil {
-			goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+			goTool = "/usr/local/go/bin/go"
 		}
 		binPath = filepath.Join(binDir, "revenprox")
 		out, err := exec.Command(goTool, "build", "-ldflags", "-X main.version=test-build", "-o", binPath, ".").CombinedOutput()
