@@ -175,14 +175,25 @@ func encodeError(id json.RawMessage, code, message string) []byte {
 	return wsFrame(wsOpText, p)
 }
 
-// encodeWelcome builds the first frame of every connection.
-func encodeWelcome(connID, node string, pingIntervalMs int64) []byte {
-	type welcome struct {
-		Op             string `json:"op"`
-		ConnID         string `json:"conn_id"`
-		Node           string `json:"node"`
-		PingIntervalMs int64  `json:"ping_interval_ms"`
-	}
-	p, _ := json.Marshal(welcome{Op: "welcome", ConnID: connID, Node: node, PingIntervalMs: pingIntervalMs})
-	return wsFrame(wsOpText, p)
+// welcomeEncoder builds each connection's first frame from parts fixed at start: only the
+// connection id (c-<hex>, needing no escaping) changes.
+type welcomeEncoder struct{ prefix, suffix []byte }
+
+func newWelcomeEncoder(node string, pingIntervalMs int64) welcomeEncoder {
+	quotedNode, _ := json.Marshal(node) // a string always marshals
+	suffix := append([]byte(`","node":`), quotedNode...)
+	suffix = append(suffix, `,"ping_interval_ms":`...)
+	suffix = strconv.AppendInt(suffix, pingIntervalMs, 10)
+	suffix = append(suffix, '}')
+	return welcomeEncoder{prefix: []byte(`{"op":"welcome","conn_id":"`), suffix: suffix}
+}
+
+func (w welcomeEncoder) encode(connID string) []byte {
+	n := len(w.prefix) + len(connID) + len(w.suffix)
+	h := frameHeaderLen(n)
+	b := make([]byte, h, h+n)
+	putFrameHeader(b, wsOpText, n)
+	b = append(b, w.prefix...)
+	b = append(b, connID...)
+	return append(b, w.suffix...)
 }

@@ -90,7 +90,7 @@ func TestEncodedFramesAreValid(t *testing.T) {
 		encodeReply("ack", json.RawMessage(`"x"`)),
 		encodeReply("pong", nil),
 		encodeError(json.RawMessage(`7`), CodeForbidden, "quote \" and newline \n"),
-		encodeWelcome("c-1", "n", 25000),
+		newWelcomeEncoder(`node "quoted"`, 25000).encode("c-1"),
 	} {
 		_, payload := parseServerFrame(t, b)
 		if !json.Valid(payload) {

@@ -58,6 +58,7 @@ type Server struct {
 	ipLimits  *lru.Cache[string, *rate.Limiter]
 	ipWarns   *telemetry.RateLimited
 	pingFrame []byte
+	welcome   welcomeEncoder
 
 	active          atomic.Int64 // admitted connections, including those still authenticating
 	nextID          atomic.Uint64
@@ -105,6 +106,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		tracing:   opts.Tracing,
 		ipWarns:   telemetry.NewRateLimited(time.Minute, 10000),
 		pingFrame: wsFrame(wsOpPing, nil),
+		welcome:   newWelcomeEncoder(cfg.NodeID, cfg.PingInterval.D().Milliseconds()),
 		allClosed: make(chan struct{}),
 		stop:      make(chan struct{}),
 	}
@@ -257,7 +259,11 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
-	ctx, span := s.startSpan(telemetry.ExtractHTTP(r.Context(), r.Header), telemetry.SpanConnect, "")
+	ctx := r.Context()
+	if r.Header.Get("Traceparent") != "" {
+		ctx = telemetry.ExtractHTTP(ctx, r.Header)
+	}
+	ctx, span := s.startSpan(ctx, telemetry.SpanConnect, "")
 	if span != nil {
 		defer span.End()
 	}
@@ -307,7 +313,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	s.metrics.ConnectionsTotal.Inc()
 	s.metrics.ConnectionsActive.Inc()
 	admitted = true
-	c.send(encodeWelcome(c.connID(), s.cfg.NodeID, s.cfg.PingInterval.D().Milliseconds()))
+	c.send(s.welcome.encode(c.connID()))
 	// The handler returns so net/http frees its buffers; the reader lives on its own goroutine.
 	go c.readLoop()
 }
