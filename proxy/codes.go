@@ -22,6 +22,7 @@ type CloseCode int
 const (
 	CloseNormal          CloseCode = 1000 // client or server ended normally
 	CloseGoingAway       CloseCode = 1001 // node draining: reconnect elsewhere
+	CloseProtocolError   CloseCode = 1002 // malformed WebSocket framing (unmasked, bad opcode, …)
 	ClosePolicy          CloseCode = 1008 // policy violation (reserved; not sent by this version)
 	CloseTooLarge        CloseCode = 1009 // frame larger than limits.max_frame_bytes
 	CloseInternal        CloseCode = 1011 // unexpected server error (a bug: logged at ERROR)
@@ -38,6 +39,7 @@ const (
 var closeReasons = map[CloseCode]string{
 	CloseNormal:        "bye",
 	CloseGoingAway:     "server draining, reconnect elsewhere",
+	CloseProtocolError: "protocol error",
 	ClosePolicy:        "policy violation",
 	CloseTooLarge:      "frame too large",
 	CloseInternal:      "internal error",

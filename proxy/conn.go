@@ -4,13 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"golang.org/x/time/rate"
 
 	"github.com/revenprox/revenprox/auth"
@@ -22,14 +21,14 @@ import (
 // shared with publishers (see outbound).
 type conn struct {
 	srv      *Server
-	ws       *websocket.Conn
+	in       frameReader
 	id       uint64
 	decision *auth.Decision
 	created  time.Time
 	out      outbound
 
 	// Reader-owned state.
-	subs    map[string]struct{}
+	subs    []string // subscribed patterns; a slice, not a map: most connections hold a few, and idle memory matters more than lookup speed at ≤ max_subscriptions
 	limiter *rate.Limiter
 	strikes int
 }
@@ -44,7 +43,8 @@ func (c *conn) sendError(id []byte, code, message string) {
 }
 
 // readLoop is the connection's only reader. It runs until the socket fails or closes, then
-// releases everything the connection holds.
+// releases everything the connection holds. Between frames it parks at the top of the loop
+// (frameReader.waitReadable) with no buffer, so idle connections stay small.
 func (c *conn) readLoop() {
 	s := c.srv
 	deadline := 2 * s.cfg.PingInterval.D()
@@ -58,42 +58,52 @@ func (c *conn) readLoop() {
 		}
 	}()
 	for {
-		_ = c.ws.SetReadDeadline(time.Now().Add(deadline))
-		kind, r, err := c.ws.NextReader()
+		// Any frame, pongs included, proves the peer alive for two more ping intervals.
+		_ = c.out.netConn.SetReadDeadline(time.Now().Add(deadline))
+		if err := c.in.waitReadable(); err != nil {
+			c.readFailed(err)
+			return
+		}
+		op, payload, err := c.in.next()
 		if err != nil {
 			c.readFailed(err)
 			return
 		}
-		if kind != websocket.TextMessage {
-			_, _ = io.Copy(io.Discard, r)
+		switch op {
+		case 0: // a fragment of a longer message
+		case wsOpPing:
+			c.send(wsFrame(wsOpPong, payload))
+		case wsOpPong:
+		case wsOpBinary:
 			c.sendError(nil, CodeBadRequest, "binary frames are not supported: send JSON text frames")
-			continue
+		case wsOpText:
+			s.metrics.BytesReceived.Add(float64(len(payload)))
+			c.handle(payload)
 		}
-		msg, err := io.ReadAll(r)
-		if err != nil {
-			c.readFailed(err)
-			return
-		}
-		s.metrics.BytesReceived.Add(float64(len(msg)))
-		c.handle(msg)
 	}
 }
 
 // readFailed decides how a connection whose read failed is closed.
 func (c *conn) readFailed(err error) {
 	switch {
-	case errors.Is(err, websocket.ErrReadLimit):
-		// gorilla has already sent close 1009; make sure the socket goes.
+	case errors.Is(err, errFrameTooBig):
 		c.out.abort(CloseTooLarge)
-	case websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived):
-		c.out.closeAfterFlush(CloseNormal, closeReasons[CloseNormal])
+	case errors.Is(err, errProtocol):
+		c.out.abort(CloseProtocolError)
+	case errors.Is(err, errPeerClosed):
+		// Answer the client's close after what is already queued (RFC 6455 §5.5.1).
+		code := CloseNormal
+		if c.in.closeAt == CloseGoingAway {
+			code = CloseGoingAway
+		}
+		c.out.closeAfterFlush(code, closeReasons[code])
 	}
 }
 
 // cleanup runs once, on the reader goroutine, after the read loop ends.
 func (c *conn) cleanup() {
 	s := c.srv
-	for pattern := range c.subs {
+	for _, pattern := range c.subs {
 		s.index.Unsubscribe(pattern, c)
 	}
 	if len(c.subs) > 0 {
@@ -112,7 +122,8 @@ func (c *conn) cleanup() {
 	if dropped := c.out.markClosed(); dropped > 0 {
 		s.metrics.MessagesDropped.WithLabelValues(telemetry.DropClosed).Add(float64(dropped))
 	}
-	_ = c.ws.NetConn().Close()
+	c.in.release()
+	_ = c.out.netConn.Close()
 	s.conns.remove(c)
 	s.closed.Add(1)
 	s.metrics.ConnectionsActive.Dec()
@@ -148,7 +159,7 @@ func (c *conn) subscribe(f clientFrame) {
 		c.sendError(f.ID, CodeInvalidTopic, errMessage(err))
 		return
 	}
-	if _, ok := c.subs[f.Topic]; ok {
+	if slices.Contains(c.subs, f.Topic) {
 		c.send(encodeReply("ack", f.ID)) // idempotent
 		return
 	}
@@ -160,13 +171,10 @@ func (c *conn) subscribe(f clientFrame) {
 		c.sendError(f.ID, CodeTooManySubscriptions, "at most "+strconv.Itoa(c.srv.cfg.Limits.MaxSubscriptions)+" subscriptions per connection")
 		return
 	}
-	if c.subs == nil {
-		c.subs = make(map[string]struct{}, 1)
-	}
 	if len(c.subs) == 0 {
 		c.srv.subscribedConns.Add(1)
 	}
-	c.subs[f.Topic] = struct{}{}
+	c.subs = append(c.subs, f.Topic)
 	c.srv.index.Subscribe(f.Topic, c)
 	c.send(encodeReply("ack", f.ID))
 }
@@ -176,8 +184,8 @@ func (c *conn) unsubscribe(f clientFrame) {
 		c.sendError(f.ID, CodeInvalidTopic, errMessage(err))
 		return
 	}
-	if _, ok := c.subs[f.Topic]; ok {
-		delete(c.subs, f.Topic)
+	if i := slices.Index(c.subs, f.Topic); i >= 0 {
+		c.subs = slices.Delete(c.subs, i, i+1)
 		c.srv.index.Unsubscribe(f.Topic, c)
 		if len(c.subs) == 0 {
 			c.srv.subscribedConns.Add(-1)

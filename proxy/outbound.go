@@ -219,11 +219,9 @@ var errWouldBlock = errors.New("proxy: socket would block")
 // writability, so a full socket returns at once instead of parking the publisher.
 type rawTryWriter struct{ rc syscall.RawConn }
 
-func newTryWriter(c net.Conn) tryWriter {
-	if tcp, ok := c.(*net.TCPConn); ok {
-		if rc, err := tcp.SyscallConn(); err == nil {
-			return rawTryWriter{rc}
-		}
+func newTryWriter(c net.Conn, raw syscall.RawConn) tryWriter {
+	if raw != nil {
+		return rawTryWriter{raw}
 	}
 	if t, ok := c.(tryWriter); ok {
 		return t

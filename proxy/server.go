@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -130,7 +131,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("proxy: ip limiter: %w", err)
 	}
 	s.upgrader = websocket.Upgrader{
-		ReadBufferSize:    512, // small: idle connections dominate memory (design §11)
+		ReadBufferSize:    0, // reuse net/http's reader for the handshake: after it the node reads frames itself
 		WriteBufferPool:   &sync.Pool{},
 		Subprotocols:      []string{"revenprox.v1"},
 		HandshakeTimeout:  10 * time.Second,
@@ -288,26 +289,22 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		closeNow(ws.NetConn(), code, closeReasons[code])
 		return
 	}
+	nc := ws.NetConn() // gorilla's Conn is done: the node reads and writes frames itself
 	c := &conn{
 		srv:      s,
-		ws:       ws,
 		id:       s.nextID.Add(1),
 		decision: decision,
 		created:  time.Now(),
 	}
-	c.out = outbound{netConn: ws.NetConn(), try: newTryWriter(ws.NetConn()), maxBytes: s.cfg.Backpressure.QueueBytes, policy: s.cfg.Backpressure.Policy, metrics: s.metrics}
-	if tcp, ok := ws.NetConn().(*net.TCPConn); ok && s.socketSendBuffer > 0 {
-		_ = tcp.SetWriteBuffer(s.socketSendBuffer)
+	var raw syscall.RawConn
+	if tcp, ok := nc.(*net.TCPConn); ok {
+		if s.socketSendBuffer > 0 {
+			_ = tcp.SetWriteBuffer(s.socketSendBuffer)
+		}
+		raw, _ = tcp.SyscallConn()
 	}
-	ws.SetReadLimit(int64(s.cfg.Limits.MaxFrameBytes))
-	readWindow := 2 * s.cfg.PingInterval.D()
-	extend := func(string) error { return ws.SetReadDeadline(time.Now().Add(readWindow)) }
-	ws.SetPongHandler(extend)
-	ws.SetPingHandler(func(data string) error {
-		c.send(wsFrame(wsOpPong, []byte(data)))
-		return extend(data)
-	})
-	ws.SetCloseHandler(func(int, string) error { return nil }) // answered in readFailed, after the queue
+	c.in = frameReader{netConn: nc, raw: raw, limit: s.cfg.Limits.MaxFrameBytes}
+	c.out = outbound{netConn: nc, try: newTryWriter(nc, raw), maxBytes: s.cfg.Backpressure.QueueBytes, policy: s.cfg.Backpressure.Policy, metrics: s.metrics}
 	s.conns.add(c)
 	s.created.Add(1)
 	s.metrics.ConnectionsTotal.Inc()
@@ -412,7 +409,7 @@ func (s *Server) drain(ctx context.Context) error {
 	case <-s.allClosed:
 	case <-ctx.Done():
 		left := 0
-		s.conns.each(func(c *conn) { left++; _ = c.ws.NetConn().Close() })
+		s.conns.each(func(c *conn) { left++; _ = c.out.netConn.Close() })
 		s.log.Warn("Drain timeout: closed remaining connections", "connections", left)
 		err = ctx.Err()
 		select { // readers notice the closed sockets at once; wait for their cleanup
