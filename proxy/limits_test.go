@@ -153,3 +153,30 @@ func TestAuthRequiredWithoutAnonymous(t *testing.T) {
 		t.Fatalf("New without webhook or anonymous: %v, want an error naming auth.webhook_url", err)
 	}
 }
+
+func TestMemoryReclaimerRunsOnceChurnSettles(t *testing.T) {
+	freed := 0
+	m := memoryReclaimer{settle: 2 * time.Second, every: 30 * time.Second, free: func() { freed++ }}
+	t0 := time.Unix(1000, 0)
+	steps := []struct {
+		at    time.Duration
+		churn uint64
+		want  int
+	}{
+		{0, 0, 0},                  // nothing happened yet
+		{1 * time.Second, 100, 0},  // a burst
+		{2 * time.Second, 200, 0},  // still churning
+		{3 * time.Second, 200, 0},  // quiet for 1 s
+		{4 * time.Second, 200, 1},  // quiet for 2 s: reclaim
+		{5 * time.Second, 200, 1},  // nothing new: no second reclaim
+		{6 * time.Second, 300, 1},  // another burst
+		{9 * time.Second, 300, 1},  // settled, but the last reclaim was 5 s ago
+		{34 * time.Second, 300, 2}, // 30 s after the last one: reclaim
+	}
+	for _, st := range steps {
+		m.tick(t0.Add(st.at), st.churn)
+		if freed != st.want {
+			t.Fatalf("at %v: %d reclaims, want %d", st.at, freed, st.want)
+		}
+	}
+}

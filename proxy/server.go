@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -355,18 +356,46 @@ func closeNow(nc net.Conn, code CloseCode, reason string) {
 }
 
 // keepalive pings every connection once per ping interval, one shard per tick so the pings are
-// spread over the interval. One goroutine for the whole node, no timer per connection.
+// spread over the interval. One goroutine for the whole node, no timer per connection. It also
+// gives memory back after connection bursts (see memoryReclaimer).
 func (s *Server) keepalive() {
 	defer s.bg.Done()
 	t := time.NewTicker(s.cfg.PingInterval.D() / connShards)
 	defer t.Stop()
+	reclaim := memoryReclaimer{settle: 2 * time.Second, every: 30 * time.Second, free: debug.FreeOSMemory}
 	for shard := 0; ; shard = (shard + 1) % connShards {
 		select {
 		case <-s.stop:
 			return
-		case <-t.C:
+		case now := <-t.C:
 			s.conns.eachInShard(shard, func(c *conn) { c.send(s.pingFrame) })
+			reclaim.tick(now, s.created.Load()+s.closed.Load())
 		}
+	}
+}
+
+// memoryReclaimer returns memory to the OS once a burst of connects or disconnects has settled.
+// A burst leaves handshake buffers and grown reader stacks behind; an idle node allocates too
+// little to trigger a collection soon, so without this the garbage and the grown stacks stay
+// in RSS for minutes. debug.FreeOSMemory collects (shrinking idle goroutine stacks) and
+// releases free pages; it runs at most once per `every`, only after `settle` with no churn.
+type memoryReclaimer struct {
+	settle, every time.Duration
+	lastChurn     uint64
+	changedAt     time.Time
+	reclaimedAt   time.Time
+	pending       bool
+	free          func()
+}
+
+func (m *memoryReclaimer) tick(now time.Time, churn uint64) {
+	if churn != m.lastChurn {
+		m.lastChurn, m.changedAt, m.pending = churn, now, true
+		return
+	}
+	if m.pending && now.Sub(m.changedAt) >= m.settle && now.Sub(m.reclaimedAt) >= m.every {
+		m.pending, m.reclaimedAt = false, now
+		m.free()
 	}
 }
 
