@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -93,7 +92,10 @@ drain_timeout: 2s
 func buildRevenprox(t *testing.T, dir string) string {
 	t.Helper()
 	bin := filepath.Join(dir, "revenprox")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = "/usr/local/go/bin/go"
+	}
 	cmd := exec.Command(goTool, "build", "-o", bin, "github.com/revenprox/revenprox/cmd/revenprox")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build cmd/revenprox: %v\n%s", err, out)
