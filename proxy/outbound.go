@@ -39,16 +39,17 @@ var writeBufPool = sync.Pool{New: func() any { b := make([]byte, 0, writeBatchBy
 // Lock order: the subscription index lock may be held when enqueue is called; outbound.mu is
 // never held while calling into the index or the network.
 type outbound struct {
-	mu      sync.Mutex
-	frames  []outFrame    // unwritten frames, oldest first
-	bytes   int           // sum of len(buf) over frames
-	writing bool          // a writer goroutine is running
-	closed  bool          // no more frames accepted
-	closing []byte        // close frame to write after the queue, then shut the socket
-	flushed chan struct{} // made when a close is requested; closed when the writer is done
-	spare   []outFrame    // the previous batch's backing array, reused by the next
-	pending []byte        // bytes a non-blocking flush could not write; the writer goroutine sends them first
-	try     tryWriter     // non-blocking socket writes; nil: always use the writer goroutine
+	mu       sync.Mutex
+	frames   []outFrame    // unwritten frames, oldest first
+	bytes    int           // sum of len(buf) over frames
+	writing  bool          // a writer goroutine is running
+	closed   bool          // no more frames accepted
+	aborting bool          // closed without flushing (slow consumer, protocol error): only the close frame is written
+	closing  []byte        // close frame to write after the queue, then shut the socket
+	flushed  chan struct{} // made when a close is requested; closed when the writer is done
+	spare    []outFrame    // the previous batch's backing array, reused by the next
+	pending  []byte        // bytes a non-blocking flush could not write; the writer goroutine sends them first
+	try      tryWriter     // non-blocking socket writes; nil: always use the writer goroutine
 
 	netConn  net.Conn
 	maxBytes int
@@ -172,6 +173,7 @@ func (o *outbound) abort(code CloseCode) {
 
 func (o *outbound) abortLocked(closeFrame []byte) {
 	o.closed = true
+	o.aborting = true
 	clear(o.frames)
 	o.frames = nil
 	o.bytes = 0
@@ -358,7 +360,13 @@ func (o *outbound) writeLoop() {
 // blockingWrite writes all of p. The deadline is per write: a client that reads slowly but
 // steadily is not cut off in a long batch; one that accepts nothing for writeTimeout is.
 func (o *outbound) blockingWrite(p []byte) (int, error) {
-	_ = o.netConn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	o.mu.Lock()
+	timeout := writeTimeout
+	if o.aborting {
+		timeout = closeWriteWindow // slow consumer or abort: the queue is gone, only the close frame matters
+	}
+	o.mu.Unlock()
+	_ = o.netConn.SetWriteDeadline(time.Now().Add(timeout))
 	return o.netConn.Write(p)
 }
 
