@@ -42,7 +42,7 @@ type outbound struct {
 	mu       sync.Mutex
 	frames   []outFrame    // unwritten frames, oldest first
 	bytes    int           // sum of len(buf) over frames
-	writing  bool          // a writer goroutine is running
+	writing  bool          // someone is writing: an inline flush or the writer goroutine
 	closed   bool          // no more frames accepted
 	aborting bool          // closed without flushing (slow consumer, protocol error): only the close frame is written
 	closing  []byte        // close frame to write after the queue, then shut the socket
