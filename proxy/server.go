@@ -112,6 +112,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		allClosed: make(chan struct{}),
 		stop:      make(chan struct{}),
 	}
+	s.metrics.ConnectionsLimit.Set(float64(cfg.Limits.MaxConnections))
 	s.index = topics.NewIndex[*conn](topics.IndexOptions{
 		OnFirst: func(pattern string) {
 			s.metrics.TopicsActive.Inc()

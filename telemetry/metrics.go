@@ -50,6 +50,7 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	ConnectionsActive   prometheus.Gauge
+	ConnectionsLimit    prometheus.Gauge // limits.max_connections, so alerts follow the configuration
 	ConnectionsTotal    prometheus.Counter
 	ConnectionsRejected *prometheus.CounterVec // reason
 	ConnectionDuration  prometheus.Histogram
@@ -82,6 +83,7 @@ func NewMetrics() *Metrics {
 	f := factory{reg}
 
 	m.ConnectionsActive = f.gauge("connections_active", "WebSocket connections currently open.")
+	m.ConnectionsLimit = f.gauge("connections_limit", "Configured limits.max_connections: connections beyond it are refused with HTTP 503.")
 	m.ConnectionsTotal = f.counter("connections_total", "WebSocket connections accepted since start.")
 	m.ConnectionsRejected = f.counterVec("connections_rejected_total", "Connection attempts refused, by reason.", "reason",
 		RejectMaxConnections, RejectRateLimit, RejectUnauthorized, RejectAuthUnavailable, RejectDraining)
