@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
@@ -297,5 +298,38 @@ func TestTraceSpansPublishOnANodeAndDeliveryOnAnother(t *testing.T) {
 	}
 	if parent(deliverA) != publish.SpanContext.SpanID() {
 		t.Errorf("local delivery on A is not a child of publish")
+	}
+}
+
+// TestPlainNATSClientReachesWebSocketSubscribers publishes with a stock nats.go client to the
+// topic's subject: JSON payloads pass through, other bytes arrive as a JSON string.
+func TestPlainNATSClientReachesWebSocketSubscribers(t *testing.T) {
+	nodes := runCluster(t, 1, Options{Version: "test"})
+	n := nodes[0]
+	sub := n2(t, n, "news.*")
+	nc, err := nats.Connect(n.Mesh().ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// A subject NATS accepts but the topic rules do not is never delivered (it would arrive first).
+	if err := nc.Publish("revenprox.t.news.a$b", []byte(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ payload, want string }{
+		{`{"headline":"hi"}`, `{"headline":"hi"}`},
+		{`plain text`, `"plain text"`},
+	} {
+		// Interest reached the embedded server before the WebSocket subscribe was acked.
+		if err := nc.Publish("revenprox.t.news.eu", []byte(tc.payload)); err != nil {
+			t.Fatal(err)
+		}
+		f := sub.next(t)
+		if f.Topic != "news.eu" || f.Sub != "news.*" || string(f.Data) != tc.want {
+			t.Errorf("NATS publish %q delivered as %+v, want data %s", tc.payload, f, tc.want)
+		}
+	}
+	if v := metricValue(t, n, "messages_received_total", telemetry.SourceCluster); v != 2 {
+		t.Errorf("messages_received_total{source=cluster} = %v, want 2", v)
 	}
 }
