@@ -251,3 +251,14 @@ func (c *systemCollector) cpuSinceLastScrape() float64 {
 	c.lastWall, c.lastCPU, c.havePct = now, cpu, true
 	return c.lastPct
 }
+
+// CgroupMemoryLimit returns the memory limit of this process's cgroup under cgroupRoot, or 0
+// when there is none (not in a cgroup, or unlimited).
+func CgroupMemoryLimit(cgroupRoot string) uint64 {
+	self, _ := os.ReadFile("/proc/self/cgroup")
+	_, limit, ok := findCgroup(cgroupRoot, string(self)).read()
+	if !ok {
+		return 0
+	}
+	return limit
+}

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -22,6 +23,31 @@ import (
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
+
+// cgroupRoot is where the node looks for its container's memory limit.
+const cgroupRoot = "/sys/fs/cgroup"
+
+// memoryLimitShare is the part of a container's memory limit given to the Go runtime as its soft
+// limit: the collector works harder as the heap nears it, instead of the kernel killing the
+// process and dropping every client at once. The rest covers stacks, socket buffers the process
+// is charged for, and the binary.
+const memoryLimitShare = 0.9
+
+// setMemoryLimit sets the Go soft memory limit to memoryLimitShare of the cgroup limit, unless
+// GOMEMLIMIT is set or there is no limit.
+func setMemoryLimit(log *slog.Logger, root, env string) {
+	if env != "" {
+		log.Info("Memory limit from GOMEMLIMIT", "GOMEMLIMIT", env)
+		return
+	}
+	limit := telemetry.CgroupMemoryLimit(root)
+	if limit == 0 {
+		return
+	}
+	soft := int64(float64(limit) * memoryLimitShare)
+	debug.SetMemoryLimit(soft)
+	log.Info("Memory limit from the cgroup", "cgroup_limit_bytes", limit, "go_soft_limit_bytes", soft)
+}
 
 // defaultGCPercent trades a little GC CPU for memory: a node's heap is mostly long-lived
 // per-connection state and its hot path allocates almost nothing, so collecting at 50 % growth
@@ -121,8 +147,9 @@ func serve(cfg config.Config, stderr io.Writer) int {
 		log.Error("Tracing setup failed; continuing without traces", "err", err)
 		shutdownTracing = func(context.Context) error { return nil }
 	}
+	setMemoryLimit(log, cgroupRoot, os.Getenv("GOMEMLIMIT"))
 	metrics := telemetry.NewMetrics()
-	telemetry.RegisterSystemMetrics(metrics, "/sys/fs/cgroup")
+	telemetry.RegisterSystemMetrics(metrics, cgroupRoot)
 	srv, err := proxy.New(cfg, proxy.Options{Log: log, Metrics: metrics, Version: version, Tracing: telemetry.TracingEnabled()})
 	if err != nil {
 		log.Error("Cannot start", "err", err)

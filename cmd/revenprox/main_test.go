@@ -9,12 +9,15 @@ import (
 	"go/parser"
 	"go/token"
 	"io"
+	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strconv"
@@ -735,4 +738,30 @@ func TestProtocolDocMatchesCodes(t *testing.T) {
 	}
 	compare("error codes", errorCodes, rows(section("9. Error codes"), regexp.MustCompile("(?m)^\\| `([a-z_]+)` \\|")))
 	compare("close codes", closeCodes, rows(section("10. Close codes"), regexp.MustCompile("(?m)^\\| `([0-9]{4})` \\|")))
+}
+
+func TestSetMemoryLimitFromCgroup(t *testing.T) {
+	defer debug.SetMemoryLimit(math.MaxInt64)
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	sampleLimit := float64(268435456) // telemetry/testdata/cgroupv2-limited/memory.max
+	cases := []struct {
+		root, env string
+		want      int64
+	}{
+		{"../../telemetry/testdata/cgroupv2-limited", "", int64(sampleLimit * memoryLimitShare)},
+		{"../../telemetry/testdata/cgroupv2-unlimited", "", math.MaxInt64},
+		{"../../telemetry/testdata/none", "", math.MaxInt64},
+		{"../../telemetry/testdata/cgroupv2-limited", "100MiB", math.MaxInt64}, // GOMEMLIMIT wins (the runtime applies it)
+	}
+	for _, tc := range cases {
+		debug.SetMemoryLimit(math.MaxInt64)
+		setMemoryLimit(log, tc.root, tc.env)
+		if got := debug.SetMemoryLimit(-1); got != tc.want {
+			t.Errorf("%s (GOMEMLIMIT=%q): soft limit %d, want %d", tc.root, tc.env, got, tc.want)
+		}
+	}
+	if !strings.Contains(logs.String(), "Memory limit from the cgroup") {
+		t.Errorf("no log line for the cgroup limit:\n%s", logs.String())
+	}
 }
