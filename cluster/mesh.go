@@ -263,6 +263,11 @@ func (m *Mesh) Start(ctx context.Context) error {
 	go m.heartbeatLoop()
 	m.mu.Unlock()
 
+	// Return once the server has the subscriptions made so far: a message published right
+	// after Start reaches patterns registered before it. (With an external NATS that is still
+	// down this fails fast and the subscriptions are sent on connect.)
+	_ = nc.FlushTimeout(2 * time.Second)
+
 	m.log.Info("cluster started", "mode", m.mode, "node", m.opts.NodeID, "client_url", m.ClientURL(),
 		"route_listen", m.routeAddr(), "peers", len(m.opts.Config.Peers))
 	return nil
