@@ -15,7 +15,7 @@ import (
 // subscribers and hands it once to the mesh for remote nodes. The mesh never echoes it back
 // (NoEcho), so local and remote paths cannot double up.
 func (s *Server) publish(ctx context.Context, topic string, data []byte, ingress time.Time, source string) {
-	s.metrics.MessagesReceived.WithLabelValues(source).Inc()
+	s.received[source].Inc()
 	ctx, span := s.startSpan(ctx, telemetry.SpanPublish, topic)
 	if span == nil {
 		s.fanout(topic, data, ingress)
@@ -78,7 +78,7 @@ func (s *Server) deliverRemote(m *cluster.Message) {
 		quoted, _ := json.Marshal(string(data))
 		data = quoted
 	}
-	s.metrics.MessagesReceived.WithLabelValues(telemetry.SourceCluster).Inc()
+	s.received[telemetry.SourceCluster].Inc()
 	ctx, hop := s.startSpan(m.Ctx, telemetry.SpanClusterReceive, m.Topic)
 	_, span := s.startSpan(ctx, telemetry.SpanDeliver, m.Topic)
 	f := outFrame{
