@@ -221,7 +221,7 @@ func (c *Conn) Subscribe(ctx context.Context, pattern string, timeout time.Durat
 		timeout = 10 * time.Second
 	}
 	_ = c.ws.SetReadDeadline(time.Now().Add(timeout))
-	defer c.ws.SetReadDeadline(time.Time{})
+	defer func() { _ = c.ws.SetReadDeadline(time.Time{}) }()
 	c.nextID++
 	if c.target == TargetNATS {
 		if err := c.write([]byte("SUB " + pattern + " " + strconv.Itoa(c.nextID) + "\r\nPING\r\n")); err != nil {

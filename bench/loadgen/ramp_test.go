@@ -24,7 +24,7 @@ func stepWith(r float64, n, subs, recv int64, lat int64) *StepResult {
 		Step: 1, Rate: r, Published: pub,
 		PublishedPerTopic: []int64{n, n}, SubscribedPerTopic: []int64{subs, subs},
 		Received: recv, Latency: EncodeHist(h),
-		FirstSendNanos: 1e9, LastSendNanos: 1e9 + span, LastRecvNanos: 1e9 + span + int64(lat)*1000,
+		FirstSendNanos: 1e9, LastSendNanos: 1e9 + span, LastRecvNanos: 1e9 + span + lat*1000,
 		Server: &ServerStats{CPUSeconds: 0.5, SysCPUSeconds: 0.25, WindowSeconds: 1, Dropped: 0},
 	}
 }

@@ -81,7 +81,6 @@ type cliFlags struct {
 	timeout     time.Duration
 	noProgress  bool
 	noMetrics   bool
-	raiseLimits bool
 	prof        loadgen.Profiler
 	selfProfile string
 }

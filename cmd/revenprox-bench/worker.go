@@ -275,7 +275,6 @@ func runWorkers(ctx context.Context, f *cliFlags, args []string, n int, m *loadg
 			results++
 		case "exit":
 			if p.result == nil {
-				exited++
 				return nil, nil, fmt.Errorf("worker %d exited without a result", ev.w)
 			}
 		}
