@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -331,5 +332,42 @@ func TestPlainNATSClientReachesWebSocketSubscribers(t *testing.T) {
 	}
 	if v := metricValue(t, n, "messages_received_total", telemetry.SourceCluster); v != 2 {
 		t.Errorf("messages_received_total{source=cluster} = %v, want 2", v)
+	}
+}
+
+// TestTraceConnectWithAuthChild follows an upgrade request carrying a traceparent: the node's
+// connect span continues the client's trace and the webhook call is its child.
+func TestTraceConnectWithAuthChild(t *testing.T) {
+	exporter := tracetest.NewInMemoryExporter()
+	provider := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter))
+	otel.SetTracerProvider(provider)
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	t.Cleanup(func() {
+		otel.SetTracerProvider(noop.NewTracerProvider())
+		_ = provider.Shutdown(t.Context())
+	})
+	e := newAuthEnv(t, nil)
+	const traceID, clientSpan = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+e.token("traced"))
+	h.Set("traceparent", "00-"+traceID+"-"+clientSpan+"-01")
+	e.n.dialRaw(t, h).read()
+	var connect, webhook *tracetest.SpanStub
+	eventually(t, 5*time.Second, "connect and webhook spans", func() bool {
+		for _, s := range exporter.GetSpans() {
+			switch s.Name {
+			case telemetry.SpanConnect:
+				connect = &s
+			case telemetry.SpanAuth:
+				webhook = &s
+			}
+		}
+		return connect != nil && webhook != nil
+	})
+	if connect.SpanContext.TraceID().String() != traceID || connect.Parent.SpanID().String() != clientSpan {
+		t.Errorf("connect span trace %s parent %s, want the client's %s/%s", connect.SpanContext.TraceID(), connect.Parent.SpanID(), traceID, clientSpan)
+	}
+	if webhook.Parent.SpanID() != connect.SpanContext.SpanID() {
+		t.Errorf("webhook span is not a child of connect")
 	}
 }
