@@ -151,3 +151,39 @@ func TestDropPoliciesKeepConnection(t *testing.T) {
 		})
 	}
 }
+
+// TestPipelinedPublishesBatchWrites sends a burst of publishes in one TCP write: the node writes
+// the subscriber's messages in a few socket writes, not one per message, and in order.
+func TestPipelinedPublishesBatchWrites(t *testing.T) {
+	n := runNode(t, func(c *config.Config) { c.Limits.PublishRate = 0 })
+	sub := n.dial(t)
+	sub.subscribe("burst")
+	var subConn *conn
+	n.conns.each(func(c *conn) {
+		if len(c.subs) == 1 {
+			subConn = c
+		}
+	})
+	before := subConn.out.writes.Load()
+	pub, raw := rawAfterHandshake(t, n)
+	const count = 200
+	var burst []byte
+	for i := range count {
+		burst = append(burst, maskedFrame(wsOpText, true, fmt.Appendf(nil, `{"op":"publish","topic":"burst","data":%d}`, i), true, 0)...)
+	}
+	if _, err := raw.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	for i := range count {
+		f := sub.read()
+		if string(f.Data) != fmt.Sprint(i) {
+			t.Fatalf("message %d: %s", i, f.Data)
+		}
+	}
+	writes := subConn.out.writes.Load() - before
+	t.Logf("%d socket writes for %d messages", writes, count)
+	if writes > count/4 {
+		t.Errorf("%d socket writes for %d pipelined messages, want a few", writes, count)
+	}
+	_ = pub
+}

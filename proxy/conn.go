@@ -27,7 +27,11 @@ type conn struct {
 	created  time.Time
 	out      outbound
 
-	// Reader-owned state.
+	// Reader-owned state. deferred lists connections (this one included) whose queues the
+	// reader made busy while handling frames already buffered; they are written when the buffer
+	// runs dry, so a burst of pipelined publishes costs one write per subscriber, not one per
+	// message (as nats-server flushes after each read).
+	deferred []*conn
 	subs    []string // subscribed patterns; a slice, not a map: most connections hold a few, and idle memory matters more than lookup speed at ≤ max_subscriptions
 	limiter *rate.Limiter
 	strikes int
@@ -38,8 +42,27 @@ func (c *conn) connID() string { return "c-" + strconv.FormatUint(c.id, 16) }
 // send queues a frame. Backpressure is applied by out.
 func (c *conn) send(buf []byte) { c.out.send(outFrame{buf: buf}) }
 
+// reply queues a frame from the reader goroutine; it is written with the next flushDeferred.
+func (c *conn) reply(buf []byte) {
+	if c.out.enqueue(outFrame{buf: buf}) == needsFlush {
+		c.deferred = append(c.deferred, c)
+	}
+}
+
+// flushDeferred writes every queue the reader made busy since the last flush.
+func (c *conn) flushDeferred() {
+	for _, w := range c.deferred {
+		w.out.flush()
+	}
+	clear(c.deferred)
+	c.deferred = c.deferred[:0]
+	if cap(c.deferred) > 4096 {
+		c.deferred = nil // a huge fan-out once should not pin a huge array
+	}
+}
+
 func (c *conn) sendError(id []byte, code, message string) {
-	c.send(encodeError(id, code, message))
+	c.reply(encodeError(id, code, message))
 }
 
 // readLoop is the connection's only reader. It runs until the socket fails or closes, then
@@ -58,6 +81,10 @@ func (c *conn) readLoop() {
 		}
 	}()
 	for {
+		if !c.in.frameBuffered() {
+			// About to wait on the network: write what the buffered frames produced.
+			c.flushDeferred()
+		}
 		// Any frame, pongs included, proves the peer alive for two more ping intervals.
 		_ = c.out.netConn.SetReadDeadline(time.Now().Add(deadline))
 		if err := c.in.waitReadable(); err != nil {
@@ -72,7 +99,7 @@ func (c *conn) readLoop() {
 		switch op {
 		case 0: // a fragment of a longer message
 		case wsOpPing:
-			c.send(wsFrame(wsOpPong, payload))
+			c.reply(wsFrame(wsOpPong, payload))
 		case wsOpPong:
 		case wsOpBinary:
 			c.sendError(nil, CodeBadRequest, "binary frames are not supported: send JSON text frames")
@@ -103,6 +130,7 @@ func (c *conn) readFailed(err error) {
 // cleanup runs once, on the reader goroutine, after the read loop ends.
 func (c *conn) cleanup() {
 	s := c.srv
+	c.flushDeferred() // other connections' queues this reader made busy must still be written
 	for _, pattern := range c.subs {
 		s.index.Unsubscribe(pattern, c)
 	}
@@ -146,7 +174,7 @@ func (c *conn) handle(msg []byte) {
 	case opPublish:
 		c.publish(f)
 	case opPing:
-		c.send(encodeReply("pong", f.ID))
+		c.reply(encodeReply("pong", f.ID))
 	case "":
 		c.sendError(f.ID, CodeBadRequest, `missing "op"`)
 	default:
@@ -160,7 +188,7 @@ func (c *conn) subscribe(f clientFrame) {
 		return
 	}
 	if slices.Contains(c.subs, f.Topic) {
-		c.send(encodeReply("ack", f.ID)) // idempotent
+		c.reply(encodeReply("ack", f.ID)) // idempotent
 		return
 	}
 	if !c.decision.CanSubscribe(f.Topic) {
@@ -176,7 +204,7 @@ func (c *conn) subscribe(f clientFrame) {
 	}
 	c.subs = append(c.subs, f.Topic)
 	c.srv.index.Subscribe(f.Topic, c)
-	c.send(encodeReply("ack", f.ID))
+	c.reply(encodeReply("ack", f.ID))
 }
 
 func (c *conn) unsubscribe(f clientFrame) {
@@ -191,7 +219,7 @@ func (c *conn) unsubscribe(f clientFrame) {
 			c.srv.subscribedConns.Add(-1)
 		}
 	}
-	c.send(encodeReply("ack", f.ID))
+	c.reply(encodeReply("ack", f.ID))
 }
 
 func (c *conn) publish(f clientFrame) {
@@ -233,8 +261,8 @@ func (c *conn) publish(f clientFrame) {
 	if f.Traceparent != "" {
 		ctx = telemetry.ExtractTraceparent(ctx, f.Traceparent)
 	}
-	s.publish(ctx, f.Topic, f.Data, time.Now(), telemetry.SourceClient)
-	c.send(encodeReply("ack", f.ID))
+	s.publish(ctx, f.Topic, f.Data, time.Now(), telemetry.SourceClient, &c.deferred)
+	c.reply(encodeReply("ack", f.ID))
 }
 
 // messageFrameLen is an upper bound of the frame a publish produces (pattern ≤ topic length is

@@ -222,6 +222,6 @@ func (s *Server) handleAdminPublish(w http.ResponseWriter, r *http.Request) {
 	} else if tp := r.Header.Get("traceparent"); tp != "" {
 		ctx = telemetry.ExtractTraceparent(ctx, tp)
 	}
-	s.publish(ctx, req.Topic, req.Data, time.Now(), telemetry.SourceAPI)
+	s.publish(ctx, req.Topic, req.Data, time.Now(), telemetry.SourceAPI, nil)
 	writeJSON(w, http.StatusAccepted, map[string]bool{"ok": true})
 }

@@ -13,28 +13,38 @@ import (
 
 // publish delivers a message entering this node (from a client, the admin API) to local
 // subscribers and hands it once to the mesh for remote nodes. The mesh never echoes it back
-// (NoEcho), so local and remote paths cannot double up.
-func (s *Server) publish(ctx context.Context, topic string, data []byte, ingress time.Time, source string) {
+// (NoEcho), so local and remote paths cannot double up. Connections that need their queue
+// written are appended to writers when the caller batches them (a client's reader flushes after
+// every frame it has buffered), or flushed before publish returns when writers is nil.
+func (s *Server) publish(ctx context.Context, topic string, data []byte, ingress time.Time, source string, writers *[]*conn) {
 	s.received[source].Inc()
+	own := writers == nil
+	if own {
+		writers = getWriterList()
+	}
 	ctx, span := s.startSpan(ctx, telemetry.SpanPublish, topic)
 	if span == nil {
-		s.fanout(topic, data, ingress)
-		s.mesh.Publish(ctx, topic, data, ingress)
-		return
+		s.fanout(topic, data, ingress, writers)
+	} else {
+		_, deliver := s.startSpan(ctx, telemetry.SpanDeliver, topic)
+		s.fanout(topic, data, ingress, writers)
+		deliver.End()
 	}
-	_, deliver := s.startSpan(ctx, telemetry.SpanDeliver, topic)
-	s.fanout(topic, data, ingress)
-	deliver.End()
+	if own {
+		flushWriters(writers)
+	}
 	s.mesh.Publish(ctx, topic, data, ingress)
-	span.End()
+	if span != nil {
+		span.End()
+	}
 }
 
 // fanout encodes one frame per matching pattern and shares its bytes among all that pattern's
-// subscribers.
-func (s *Server) fanout(topic string, data []byte, ingress time.Time) {
+// subscribers. Connections this call made busy are appended to writers; the caller writes them
+// after the index lock is released.
+func (s *Server) fanout(topic string, data []byte, ingress time.Time, writers *[]*conn) {
 	ts := ingress.UnixMilli()
 	nanos := ingress.UnixNano()
-	writers := getWriterList()
 	s.index.Match(topic, func(pattern string, subs []*conn) {
 		f := outFrame{buf: encodeMessageFrame(topic, pattern, data, ts), ingress: nanos}
 		for _, c := range subs {
@@ -43,7 +53,6 @@ func (s *Server) fanout(topic string, data []byte, ingress time.Time) {
 			}
 		}
 	})
-	flushWriters(writers)
 }
 
 // writerLists recycle the per-publish list of connections this goroutine must flush. Flushing

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -55,6 +56,7 @@ type outbound struct {
 	maxBytes int
 	policy   string
 	metrics  *telemetry.Metrics
+	writes   atomic.Uint64 // socket writes made (frames per write shows how well writes batch)
 }
 
 // enqueueResult tells the caller what happened to a frame.
@@ -400,6 +402,7 @@ func (o *outbound) writeFrames(bufPtr *[]byte, batch []outFrame, write func([]by
 		return rest
 	}
 	writeChunk := func(chunk []byte, next int) ([]byte, error) {
+		o.writes.Add(1)
 		n, err := write(chunk)
 		sent += n
 		if errors.Is(err, errWouldBlock) || (err == nil && n < len(chunk)) {

@@ -81,6 +81,44 @@ func (r *frameReader) buffer() *bufio.Reader {
 	return r.br
 }
 
+// frameBuffered reports whether a whole frame is already in the buffer, so reading it will not
+// wait on the network.
+func (r *frameReader) frameBuffered() bool {
+	if r.br == nil {
+		return false
+	}
+	n := r.br.Buffered()
+	if n < 2 {
+		return false
+	}
+	hdr, _ := r.br.Peek(2)
+	need := 2 + 4 // header and mask key
+	switch plen := int(hdr[1] & 0x7f); plen {
+	case 126, 127:
+		extra := 2
+		if plen == 127 {
+			extra = 8
+		}
+		if n < 2+extra {
+			return false
+		}
+		ext, _ := r.br.Peek(2 + extra)
+		var size uint64
+		if extra == 2 {
+			size = uint64(binary.BigEndian.Uint16(ext[2:]))
+		} else {
+			size = binary.BigEndian.Uint64(ext[2:])
+		}
+		if size > uint64(n) {
+			return false
+		}
+		need += extra + int(size)
+	default:
+		need += plen
+	}
+	return n >= need
+}
+
 // release returns the buffer for good (the connection is ending).
 func (r *frameReader) release() {
 	if r.br != nil {
