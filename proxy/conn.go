@@ -32,9 +32,9 @@ type conn struct {
 	// runs dry, so a burst of pipelined publishes costs one write per subscriber, not one per
 	// message (as nats-server flushes after each read).
 	deferred []*conn
-	subs    []string // subscribed patterns; a slice, not a map: most connections hold a few, and idle memory matters more than lookup speed at ≤ max_subscriptions
-	limiter *rate.Limiter
-	strikes int
+	subs     []string // subscribed patterns; a slice, not a map: most connections hold a few, and idle memory matters more than lookup speed at ≤ max_subscriptions
+	limiter  *rate.Limiter
+	strikes  int
 }
 
 func (c *conn) connID() string { return "c-" + strconv.FormatUint(c.id, 16) }
