@@ -119,13 +119,34 @@ func (m *Mesh) countDropsLocked(ps *patternSub) {
 }
 
 // dispatch hands every message of the pattern subscriptions to Deliver, in arrival order.
+// maxBurst bounds the messages handed to Deliver between two DeliverDone calls.
+const maxBurst = 256
+
+func (m *Mesh) deliverOne(msg *nats.Msg) {
+	if out := m.decode(msg, time.Now()); out != nil {
+		m.opts.Deliver(out)
+	}
+}
+
 func (m *Mesh) dispatch() {
 	defer close(m.dispatchDone)
 	for {
 		select {
 		case msg := <-m.deliverCh:
-			if out := m.decode(msg, time.Now()); out != nil {
-				m.opts.Deliver(out)
+			m.deliverOne(msg)
+			// Hand over everything already waiting before signalling the end of the burst,
+			// bounded so one flood cannot postpone the receiver's writes indefinitely.
+			for range maxBurst {
+				select {
+				case more := <-m.deliverCh:
+					m.deliverOne(more)
+					continue
+				default:
+				}
+				break
+			}
+			if m.opts.DeliverDone != nil {
+				m.opts.DeliverDone()
 			}
 		case <-m.stopDispatch:
 			return

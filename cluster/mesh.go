@@ -81,6 +81,9 @@ type Options struct {
 	Metrics *telemetry.Metrics
 	Log     *slog.Logger
 	Deliver func(m *Message) // called for every message from NATS, from one goroutine, in arrival order
+	// DeliverDone, when set, is called on the same goroutine after Deliver has been called for
+	// every message that was waiting: the receiver can batch its socket writes per burst.
+	DeliverDone func()
 	Stats   func() NodeStats // called once per heartbeat, from the heartbeat goroutine
 }
 

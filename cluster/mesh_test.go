@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -543,4 +544,45 @@ func TestExternalNATSUnreachableStartsAndRetries(t *testing.T) {
 		_ = nc.Publish("revenprox.t.late.x", []byte(`1`))
 		return n.count("late.x", "late.x") > 0
 	})
+}
+
+// TestDeliverDoneEndsEveryBurst: DeliverDone runs on the dispatcher after the messages that were
+// waiting, so a receiver that batches its writes per burst never leaves a message unwritten.
+func TestDeliverDoneEndsEveryBurst(t *testing.T) {
+	cfg := config.Default().Cluster
+	cfg.HeartbeatInterval = config.Duration(testHeartbeat)
+	var mu sync.Mutex
+	delivered, flushed, bursts := 0, 0, 0
+	m, err := New(Options{Config: cfg, NodeID: "burst", Metrics: telemetry.NewMetrics(), Log: testLogger(t),
+		Deliver:     func(*Message) { mu.Lock(); delivered++; mu.Unlock() },
+		DeliverDone: func() { mu.Lock(); flushed, bursts = delivered, bursts+1; mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Interest("b.x")
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = m.Shutdown(context.Background()) }()
+	other, err := nats.Connect("", nats.InProcessServer(m.srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	const count = 500
+	for i := range count {
+		if err := other.Publish("revenprox.t.b.x", []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "every message delivered and followed by DeliverDone", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return flushed == count
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if bursts > count {
+		t.Errorf("%d DeliverDone calls for %d messages", bursts, count)
+	}
 }

@@ -94,18 +94,30 @@ func (s *Server) deliverRemote(m *cluster.Message) {
 		buf:     encodeMessageFrame(m.Topic, m.Pattern, data, m.Ingress.UnixMilli()),
 		ingress: m.Ingress.UnixNano(),
 	}
-	writers := getWriterList()
 	s.index.Lookup(m.Pattern, func(subs []*conn) {
 		for _, c := range subs {
 			if c.out.enqueue(f) == needsFlush {
-				*writers = append(*writers, c)
+				s.remoteWriters = append(s.remoteWriters, c)
 			}
 		}
 	})
-	flushWriters(writers)
 	if span != nil {
 		span.End()
 		hop.End()
+	}
+}
+
+// flushRemote is the mesh's DeliverDone: it writes the queues a burst of cross-node messages
+// made busy, one write per subscriber for the whole burst. It runs on the mesh's dispatcher
+// goroutine, the only user of remoteWriters.
+func (s *Server) flushRemote() {
+	for _, c := range s.remoteWriters {
+		c.out.flush()
+	}
+	clear(s.remoteWriters)
+	s.remoteWriters = s.remoteWriters[:0]
+	if cap(s.remoteWriters) > 1<<16 {
+		s.remoteWriters = nil
 	}
 }
 

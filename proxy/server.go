@@ -55,6 +55,9 @@ type Server struct {
 	// received holds messages_received_total's children by source, resolved once: label lookup
 	// on every publish showed in profiles.
 	received map[string]prometheus.Counter
+	// remoteWriters collects connections a burst of cross-node messages made busy; only the
+	// mesh's dispatcher goroutine touches it (deliverRemote, flushRemote).
+	remoteWriters []*conn
 
 	auth  *auth.Authenticator
 	mesh  *cluster.Mesh
@@ -159,13 +162,14 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.mesh, err = cluster.New(cluster.Options{
-		Config:  cfg.Cluster,
-		NodeID:  cfg.NodeID,
-		Version: opts.Version,
-		Metrics: s.metrics,
-		Log:     s.log,
-		Deliver: s.deliverRemote,
-		Stats:   s.nodeStats,
+		Config:      cfg.Cluster,
+		NodeID:      cfg.NodeID,
+		Version:     opts.Version,
+		Metrics:     s.metrics,
+		Log:         s.log,
+		Deliver:     s.deliverRemote,
+		DeliverDone: s.flushRemote,
+		Stats:       s.nodeStats,
 	})
 	if err != nil {
 		s.auth.Close()
