@@ -376,13 +376,17 @@ func (s *Server) keepalive() {
 	defer s.bg.Done()
 	t := time.NewTicker(s.cfg.PingInterval.D() / connShards)
 	defer t.Stop()
-	reclaim := memoryReclaimer{settle: 2 * time.Second, every: 30 * time.Second, free: debug.FreeOSMemory}
-	for shard := 0; ; shard = (shard + 1) % connShards {
+	reclaim := memoryReclaimer{settle: time.Second, every: 30 * time.Second, free: debug.FreeOSMemory}
+	reclaimCheck := time.NewTicker(500 * time.Millisecond)
+	defer reclaimCheck.Stop()
+	for shard := 0; ; {
 		select {
 		case <-s.stop:
 			return
-		case now := <-t.C:
+		case <-t.C:
 			s.conns.eachInShard(shard, func(c *conn) { c.send(s.pingFrame) })
+			shard = (shard + 1) % connShards
+		case now := <-reclaimCheck.C:
 			reclaim.tick(now, s.created.Load()+s.closed.Load())
 		}
 	}
@@ -391,8 +395,8 @@ func (s *Server) keepalive() {
 // memoryReclaimer returns memory to the OS once a burst of connects or disconnects has settled.
 // A burst leaves handshake buffers and grown reader stacks behind; an idle node allocates too
 // little to trigger a collection soon, so without this the garbage and the grown stacks stay
-// in RSS for minutes. debug.FreeOSMemory collects (shrinking idle goroutine stacks) and
-// releases free pages; it runs at most once per `every`, only after `settle` with no churn.
+// in RSS for minutes. debug.FreeOSMemory collects and releases free pages; it runs at most once
+// per `every`, only after `settle` with no connects or disconnects.
 type memoryReclaimer struct {
 	settle, every time.Duration
 	lastChurn     uint64
