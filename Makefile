@@ -61,10 +61,21 @@ bench: build
 	$(GO) run $(BENCHSTAT) $(BIN)/gobench.txt 2>/dev/null || $(MEDIANS) $(BIN)/gobench.txt
 	BENCH_TIMEOUT=$${BENCH_TIMEOUT:-380} scripts/bench.sh
 
-## fuzz: run each fuzz target for a short while
+## fuzz: run each fuzz target for a short while (FUZZTIME each)
+FUZZTIME ?= 20s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecodeClientFrame -fuzztime 30s ./proxy/
-	$(GO) test -run '^$$' -fuzz FuzzValidatePattern -fuzztime 30s ./topics/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeClientFrame$$' -fuzztime $(FUZZTIME) ./proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzFrameReader$$' -fuzztime $(FUZZTIME) ./proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzValidatePattern$$' -fuzztime $(FUZZTIME) ./topics/
+	$(GO) test -run '^$$' -fuzz '^FuzzMatch$$' -fuzztime $(FUZZTIME) ./topics/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeDecision$$' -fuzztime $(FUZZTIME) ./auth/
+	$(GO) test -run '^$$' -fuzz '^FuzzLoadYAML$$' -fuzztime $(FUZZTIME) ./config/
+	$(GO) test -run '^$$' -fuzz '^FuzzTextLogLine$$' -fuzztime $(FUZZTIME) ./telemetry/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseCgroupBytes$$' -fuzztime $(FUZZTIME) ./telemetry/
+	$(GO) test -run '^$$' -fuzz '^FuzzReceiveHeartbeat$$' -fuzztime $(FUZZTIME) ./cluster/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./cluster/
+	$(GO) test -run '^$$' -fuzz '^FuzzNATSParser$$' -fuzztime $(FUZZTIME) ./bench/loadgen/
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePayload$$' -fuzztime $(FUZZTIME) ./bench/loadgen/
 
 ## image: the container image (needs a Docker engine)
 image:
