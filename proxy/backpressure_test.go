@@ -159,11 +159,7 @@ func TestPipelinedPublishesBatchWrites(t *testing.T) {
 	sub := n.dial(t)
 	sub.subscribe("burst")
 	var subConn *conn
-	n.conns.each(func(c *conn) {
-		if len(c.subs) == 1 {
-			subConn = c
-		}
-	})
+	n.index.Lookup("burst", func(subs []*conn) { subConn = subs[0] })
 	before := subConn.out.writes.Load()
 	pub, raw := rawAfterHandshake(t, n)
 	const count = 200
