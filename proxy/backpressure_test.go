@@ -65,7 +65,7 @@ func floodPaced(t *testing.T, pub *client, topic string, count, size int, pace f
 
 // smallSocketBuffers makes a client that stops reading fill its kernel buffers within a few
 // kilobytes, so backpressure tests move little data.
-func smallSocketBuffers(n *testNode) { n.socketSendBuffer = 4096 }
+func smallSocketBuffers(n *testNode) { n.socketSendBuffer.Store(4096) }
 
 func TestSlowConsumerDisconnected4008(t *testing.T) {
 	n := runNode(t, func(c *config.Config) {

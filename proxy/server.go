@@ -79,7 +79,7 @@ type Server struct {
 
 	// socketSendBuffer, when > 0, fixes each client socket's kernel send buffer (tests use it to
 	// make a non-reading client overflow quickly; 0 keeps the kernel's autotuning).
-	socketSendBuffer int
+	socketSendBuffer atomic.Int32
 	started          atomic.Bool
 	ready            atomic.Bool
 	draining         atomic.Bool
@@ -313,8 +313,8 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	}
 	var raw syscall.RawConn
 	if tcp, ok := nc.(*net.TCPConn); ok {
-		if s.socketSendBuffer > 0 {
-			_ = tcp.SetWriteBuffer(s.socketSendBuffer)
+		if size := s.socketSendBuffer.Load(); size > 0 {
+			_ = tcp.SetWriteBuffer(int(size))
 		}
 		raw, _ = tcp.SyscallConn()
 	}
