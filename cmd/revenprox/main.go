@@ -49,16 +49,7 @@ func setMemoryLimit(log *slog.Logger, root, env string) {
 	log.Info("Memory limit from the cgroup", "cgroup_limit_bytes", limit, "go_soft_limit_bytes", soft)
 }
 
-// defaultGCPercent trades a little GC CPU for memory: a node's heap is mostly long-lived
-// per-connection state and its hot path allocates almost nothing, so collecting at 50 % growth
-// instead of Go's 100 % costs little CPU and saves about a tenth of RSS per idle connection
-// (docs/benchmarks.md). GOGC in the environment wins.
-const defaultGCPercent = 50
-
 func main() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(defaultGCPercent)
-	}
 	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
 }
 
