@@ -84,7 +84,7 @@ type Options struct {
 	// DeliverDone, when set, is called on the same goroutine after Deliver has been called for
 	// every message that was waiting: the receiver can batch its socket writes per burst.
 	DeliverDone func()
-	Stats   func() NodeStats // called once per heartbeat, from the heartbeat goroutine
+	Stats       func() NodeStats // called once per heartbeat, from the heartbeat goroutine
 }
 
 type lifecycle int32

@@ -241,15 +241,7 @@ func TestClusterNodeLossAndClusterView(t *testing.T) {
 // TestTraceSpansPublishOnANodeAndDeliveryOnAnother follows one publish carrying a client's
 // traceparent through node A (publish) and node B (cluster hop and delivery) into one trace.
 func TestTraceSpansPublishOnANodeAndDeliveryOnAnother(t *testing.T) {
-	exporter := tracetest.NewInMemoryExporter()
-	provider := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter))
-	otel.SetTracerProvider(provider)
-	// What telemetry.SetupTracing installs in the binary.
-	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
-	t.Cleanup(func() {
-		otel.SetTracerProvider(noop.NewTracerProvider())
-		_ = provider.Shutdown(t.Context())
-	})
+	exporter := recordSpans(t)
 	nodes := runCluster(t, 2, Options{Version: "test", Tracing: true})
 	sub := n2(t, nodes[1], "trace.*")
 	pub := nodes[0].dial(t)
@@ -338,14 +330,7 @@ func TestPlainNATSClientReachesWebSocketSubscribers(t *testing.T) {
 // TestTraceConnectWithAuthChild follows an upgrade request carrying a traceparent: the node's
 // connect span continues the client's trace and the webhook call is its child.
 func TestTraceConnectWithAuthChild(t *testing.T) {
-	exporter := tracetest.NewInMemoryExporter()
-	provider := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter))
-	otel.SetTracerProvider(provider)
-	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
-	t.Cleanup(func() {
-		otel.SetTracerProvider(noop.NewTracerProvider())
-		_ = provider.Shutdown(t.Context())
-	})
+	exporter := recordSpans(t)
 	e := newAuthEnv(t, nil)
 	const traceID, clientSpan = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 	h := http.Header{}
@@ -370,4 +355,19 @@ func TestTraceConnectWithAuthChild(t *testing.T) {
 	if webhook.Parent.SpanID() != connect.SpanContext.SpanID() {
 		t.Errorf("webhook span is not a child of connect")
 	}
+}
+
+// recordSpans installs an SDK tracer provider that keeps every span in memory, and the W3C
+// propagator telemetry.SetupTracing installs in the binary, until the test ends.
+func recordSpans(t *testing.T) *tracetest.InMemoryExporter {
+	t.Helper()
+	exporter := tracetest.NewInMemoryExporter()
+	provider := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter))
+	otel.SetTracerProvider(provider)
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	t.Cleanup(func() {
+		otel.SetTracerProvider(noop.NewTracerProvider())
+		_ = provider.Shutdown(t.Context())
+	})
+	return exporter
 }
