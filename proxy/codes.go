@@ -31,7 +31,6 @@ const (
 	CloseSlowConsumer    CloseCode = 4008 // outbound queue overflowed under policy disconnect
 	CloseRateLimited     CloseCode = 4029 // publish rate exceeded repeatedly
 	closeNoStatus        CloseCode = 1005 // reserved: never sent, means "no code received"
-	closeAbnormal        CloseCode = 1006 // reserved: never sent, the socket just dropped
 	rateLimitStrikeLimit           = 10   // consecutive rate_limited publishes before close 4029
 )
 

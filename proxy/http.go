@@ -61,7 +61,7 @@ func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
 		Node:        s.cfg.NodeID,
 		Version:     s.version,
 		UptimeS:     time.Since(s.startTime).Seconds(),
-		Connections: s.metricsActive(),
+		Connections: s.openConnections(),
 		Peers:       len(s.mesh.Peers()),
 	}
 	status := http.StatusOK
@@ -149,13 +149,13 @@ func (s *Server) handleCluster(w http.ResponseWriter, _ *http.Request) {
 // nodeStats feeds the mesh heartbeat.
 func (s *Server) nodeStats() cluster.NodeStats {
 	return cluster.NodeStats{
-		Connections: int(s.metricsActive()),
+		Connections: int(s.openConnections()),
 		Topics:      s.index.Summary(20),
 		TopicCount:  s.index.Patterns(),
 	}
 }
 
-func (s *Server) metricsActive() int64 {
+func (s *Server) openConnections() int64 {
 	n := int64(0)
 	for i := range s.conns.shards {
 		sh := &s.conns.shards[i]

@@ -78,8 +78,7 @@ func flushWriters(writers *[]*conn) {
 // by several of this node's patterns still receives it once per subscription.
 func (s *Server) deliverRemote(m *cluster.Message) {
 	if topics.ValidateTopic(m.Topic) != nil {
-		s.remoteInvalid.Add(1)
-		return
+		return // a plain NATS client used a subject that is not a valid topic
 	}
 	data := m.Data
 	if m.Origin == "" && !json.Valid(data) {

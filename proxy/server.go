@@ -74,7 +74,6 @@ type Server struct {
 	nextID          atomic.Uint64
 	created         atomic.Uint64
 	closed          atomic.Uint64
-	remoteInvalid   atomic.Uint64
 	subscribedConns atomic.Int64 // connections with at least one subscription
 
 	// socketSendBuffer, when > 0, fixes each client socket's kernel send buffer (tests use it to
