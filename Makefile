@@ -52,7 +52,7 @@ bench: MEDIANS = awk '/^pkg:/ { pkg = $$2; sub(".*/", "", pkg) } \
 bench: build
 	@mkdir -p $(BIN) && echo "load average at the start: $$(cut -d' ' -f1-3 /proc/loadavg)" | tee $(BIN)/gobench.txt
 	$(GOBENCH) -bench '^Benchmark(MatchLiteral|MatchWildcard|Fanout10k|SubscribeUnsubscribe|SubscribeExisting|MatchParallel|IndexMemory)$$' ./topics/ | tee -a $(BIN)/gobench.txt
-	$(GOBENCH) -bench '^Benchmark(Fanout10k|Fanout100kTopics|FanoutParallel|EncodeMessageFrame|DecodeClientFrame)$$' ./proxy/ | tee -a $(BIN)/gobench.txt
+	$(GOBENCH) -bench '^Benchmark(Fanout10k|Fanout100kTopics|FanoutParallel|FanoutLoopback|LoopbackWrite|EncodeMessageFrame|DecodeClientFrame)$$' ./proxy/ | tee -a $(BIN)/gobench.txt
 	$(GOBENCH) -bench '^BenchmarkAuthenticateCached$$' ./auth/ | tee -a $(BIN)/gobench.txt
 	$(GOBENCH) -bench '^Benchmark(CrossNodePublish|PublishNoInterest)$$' ./cluster/ | tee -a $(BIN)/gobench.txt
 	$(GOBENCH) -bench '^BenchmarkLatencyObserve$$' ./telemetry/ | tee -a $(BIN)/gobench.txt
