@@ -34,6 +34,8 @@ type Config struct {
 	Cluster ClusterConfig `yaml:"cluster"`
 	// Admin configures the optional admin listener.
 	Admin AdminConfig `yaml:"admin"`
+	// Memory tunes the Go runtime's garbage collector.
+	Memory MemoryConfig `yaml:"memory"`
 	// PingInterval is how often the server pings each client; a peer silent for two intervals is
 	// closed. Default 25s.
 	PingInterval Duration `yaml:"ping_interval"`
@@ -71,6 +73,17 @@ const (
 	PolicyDropOldest = "drop_oldest"
 	PolicyDropNewest = "drop_newest"
 )
+
+// MemoryConfig tunes the Go runtime's garbage collector.
+type MemoryConfig struct {
+	// GCFloorBytes is the heap size below which the garbage collector does not run (the heap
+	// goal never drops under it while the live heap is smaller); above it Go's GOGC applies. 0
+	// disables it, and so does setting the GOGC environment variable. Default 67108864 (64 MiB).
+	GCFloorBytes int `yaml:"gc_floor_bytes"`
+}
+
+// MinGCFloorBytes is the smallest non-zero memory.gc_floor_bytes: Go's own minimum heap goal.
+const MinGCFloorBytes = 4 << 20
 
 // BackpressureConfig bounds each connection's outbound queue.
 type BackpressureConfig struct {
@@ -193,6 +206,7 @@ func Default() Config {
 			MaxSubscriptions: 256,
 		},
 		Backpressure: BackpressureConfig{QueueBytes: 1 << 20, Policy: PolicyDisconnect},
+		Memory:       MemoryConfig{GCFloorBytes: 64 << 20},
 		Auth: AuthConfig{
 			Anonymous: ACLConfig{Subscribe: []string{">"}, Publish: []string{">"}},
 			Timeout:   Duration(time.Second),
@@ -254,6 +268,9 @@ func (c *Config) Validate() error {
 		return invalid("limits.max_frame_bytes", l.MaxFrameBytes, "must be between 256 and 16777216")
 	case l.MaxSubscriptions < 1:
 		return invalid("limits.max_subscriptions", l.MaxSubscriptions, "must be at least 1")
+	}
+	if f := c.Memory.GCFloorBytes; f != 0 && f < MinGCFloorBytes {
+		return invalid("memory.gc_floor_bytes", f, "must be 0 (off) or at least 4194304 (4 MiB)")
 	}
 	if c.Backpressure.QueueBytes < 1024 {
 		return invalid("backpressure.queue_bytes", c.Backpressure.QueueBytes, "must be at least 1024")

@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/revenprox/revenprox/config"
+	"github.com/revenprox/revenprox/memtune"
 	"github.com/revenprox/revenprox/proxy"
 	"github.com/revenprox/revenprox/telemetry"
 )
@@ -47,6 +48,20 @@ func setMemoryLimit(log *slog.Logger, root, env string) {
 	soft := int64(float64(limit) * memoryLimitShare)
 	debug.SetMemoryLimit(soft)
 	log.Info("Memory limit from the cgroup", "cgroup_limit_bytes", limit, "go_soft_limit_bytes", soft)
+}
+
+// startGCFloor starts the garbage collector's heap floor (memory.gc_floor_bytes) unless it is 0
+// or GOGC is set in the environment, which the operator chose deliberately.
+func startGCFloor(log *slog.Logger, floorBytes int, gogcEnv string) *memtune.HeapFloor {
+	if gogcEnv != "" {
+		log.Info("GC target from GOGC; memory.gc_floor_bytes not applied", "GOGC", gogcEnv)
+		return memtune.Start(0, log)
+	}
+	floor := memtune.Start(uint64(max(floorBytes, 0)), log)
+	if floorBytes > 0 {
+		log.Info("GC heap floor", "floor_bytes", floorBytes, "gogc", floor.GCPercent())
+	}
+	return floor
 }
 
 func main() {
@@ -139,6 +154,8 @@ func serve(cfg config.Config, stderr io.Writer) int {
 		shutdownTracing = func(context.Context) error { return nil }
 	}
 	setMemoryLimit(log, cgroupRoot, os.Getenv("GOMEMLIMIT"))
+	gcFloor := startGCFloor(log, cfg.Memory.GCFloorBytes, os.Getenv("GOGC"))
+	defer gcFloor.Stop()
 	metrics := telemetry.NewMetrics()
 	telemetry.RegisterSystemMetrics(metrics, cgroupRoot)
 	srv, err := proxy.New(cfg, proxy.Options{Log: log, Metrics: metrics, Version: version, Tracing: telemetry.TracingEnabled()})

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"sort"
@@ -763,5 +764,43 @@ func TestSetMemoryLimitFromCgroup(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "Memory limit from the cgroup") {
 		t.Errorf("no log line for the cgroup limit:\n%s", logs.String())
+	}
+}
+
+func TestStartGCFloor(t *testing.T) {
+	prev := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(prev)
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	cases := []struct {
+		name    string
+		floor   int
+		env     string
+		raised  bool
+		wantLog string
+	}{
+		{"default floor raises GOGC on a small heap", 64 << 20, "", true, "GC heap floor"},
+		{"0 turns it off", 0, "", false, ""},
+		{"GOGC in the environment wins", 64 << 20, "200", false, "memory.gc_floor_bytes not applied"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			logs.Reset()
+			runtime.GC()
+			floor := startGCFloor(log, tc.floor, tc.env)
+			got := debug.SetGCPercent(-1)
+			debug.SetGCPercent(got)
+			if raised := got > 100; raised != tc.raised {
+				t.Errorf("GOGC %d after start, want raised=%v", got, tc.raised)
+			}
+			floor.Stop()
+			floor.Stop()
+			if after := debug.SetGCPercent(100); after != 100 {
+				t.Errorf("GOGC %d after Stop, want 100", after)
+			}
+			if tc.wantLog != "" && !strings.Contains(logs.String(), tc.wantLog) {
+				t.Errorf("log lacks %q:\n%s", tc.wantLog, logs.String())
+			}
+		})
 	}
 }
