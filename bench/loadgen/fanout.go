@@ -249,16 +249,25 @@ func (ph *phase) publish(ctx context.Context, rate float64, total int64) []int64
 	return round
 }
 
-// drain waits until deliveries stop arriving for a while, at most Drain.
+// drainPoll and drainQuietPolls: the stream is quiet after this many consecutive polls without a
+// delivery. Counting polls rather than wall time matters at saturation: a generator process that
+// was descheduled for half a second must see its readers run again before it calls the stream
+// quiet, or it ends a step with deliveries still in its sockets and counts them missing.
+const (
+	drainPoll       = 50 * time.Millisecond
+	drainQuietPolls = 10
+)
+
+// drain waits until deliveries stop arriving (drainQuietPolls polls in a row), at most Drain.
 func (ph *phase) drain(ctx context.Context) {
 	r := ph.r
 	drainEnd := time.Now().Add(r.o.Drain)
-	last, quietSince := r.c.Received.Load(), time.Now()
+	last, quiet := r.c.Received.Load(), 0
 	for time.Now().Before(drainEnd) && ctx.Err() == nil {
-		sleepCtx(ctx, 50*time.Millisecond)
+		sleepCtx(ctx, drainPoll)
 		if n := r.c.Received.Load(); n != last {
-			last, quietSince = n, time.Now()
-		} else if time.Since(quietSince) > 500*time.Millisecond {
+			last, quiet = n, 0
+		} else if quiet++; quiet >= drainQuietPolls {
 			break
 		}
 	}
