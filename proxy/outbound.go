@@ -246,9 +246,9 @@ func (w rawTryWriter) tryWrite(p []byte) (int, error) {
 	switch {
 	case err != nil:
 		return n, err
-	case werr == syscall.EAGAIN:
+	case errors.Is(werr, syscall.EAGAIN):
 		return n, errWouldBlock
-	case werr == syscall.EINTR:
+	case errors.Is(werr, syscall.EINTR):
 		return n, nil
 	}
 	return n, werr
