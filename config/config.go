@@ -78,7 +78,7 @@ const (
 type MemoryConfig struct {
 	// GCFloorBytes is the heap size below which the garbage collector does not run (the heap
 	// goal never drops under it while the live heap is smaller); above it Go's GOGC applies. 0
-	// disables it, and so does setting the GOGC environment variable. Default 67108864 (64 MiB).
+	// disables it, and so does setting the GOGC environment variable. Default 33554432 (32 MiB).
 	GCFloorBytes int `yaml:"gc_floor_bytes"`
 }
 
@@ -206,7 +206,7 @@ func Default() Config {
 			MaxSubscriptions: 256,
 		},
 		Backpressure: BackpressureConfig{QueueBytes: 1 << 20, Policy: PolicyDisconnect},
-		Memory:       MemoryConfig{GCFloorBytes: 64 << 20},
+		Memory:       MemoryConfig{GCFloorBytes: 32 << 20},
 		Auth: AuthConfig{
 			Anonymous: ACLConfig{Subscribe: []string{">"}, Publish: []string{">"}},
 			Timeout:   Duration(time.Second),

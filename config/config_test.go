@@ -67,7 +67,7 @@ func TestDefaultsMatchDesign(t *testing.T) {
 		{"limits.max_frame_bytes", c.Limits.MaxFrameBytes, 65536},
 		{"limits.max_subscriptions", c.Limits.MaxSubscriptions, 256},
 		{"backpressure.queue_bytes", c.Backpressure.QueueBytes, 1048576},
-		{"memory.gc_floor_bytes", c.Memory.GCFloorBytes, 67108864},
+		{"memory.gc_floor_bytes", c.Memory.GCFloorBytes, 33554432},
 		{"backpressure.policy", c.Backpressure.Policy, "disconnect"},
 		{"auth.allow_anonymous", c.Auth.AllowAnonymous, false},
 		{"auth.anonymous.subscribe", c.Auth.Anonymous.Subscribe, []string{">"}},

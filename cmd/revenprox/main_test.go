@@ -779,7 +779,7 @@ func TestStartGCFloor(t *testing.T) {
 		raised  bool
 		wantLog string
 	}{
-		{"default floor raises GOGC on a small heap", 64 << 20, "", true, "GC heap floor"},
+		{"default floor raises GOGC on a small heap", 32 << 20, "", true, "GC heap floor"},
 		{"0 turns it off", 0, "", false, ""},
 		{"GOGC in the environment wins", 64 << 20, "200", false, "memory.gc_floor_bytes not applied"},
 	}
