@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/revenprox/revenprox/memtune"
 	"github.com/revenprox/revenprox/topics"
 )
 
@@ -81,9 +82,6 @@ type MemoryConfig struct {
 	// disables it, and so does setting the GOGC environment variable. Default 33554432 (32 MiB).
 	GCFloorBytes int `yaml:"gc_floor_bytes"`
 }
-
-// MinGCFloorBytes is the smallest non-zero memory.gc_floor_bytes: Go's own minimum heap goal.
-const MinGCFloorBytes = 4 << 20
 
 // BackpressureConfig bounds each connection's outbound queue.
 type BackpressureConfig struct {
@@ -269,7 +267,7 @@ func (c *Config) Validate() error {
 	case l.MaxSubscriptions < 1:
 		return invalid("limits.max_subscriptions", l.MaxSubscriptions, "must be at least 1")
 	}
-	if f := c.Memory.GCFloorBytes; f != 0 && f < MinGCFloorBytes {
+	if f := c.Memory.GCFloorBytes; f != 0 && f < memtune.GoHeapMinimum {
 		return invalid("memory.gc_floor_bytes", f, "must be 0 (off) or at least 4194304 (4 MiB)")
 	}
 	if c.Backpressure.QueueBytes < 1024 {

@@ -9,9 +9,9 @@ import (
 	"sync/atomic"
 )
 
-// defaultHeapMinimum is the Go runtime's smallest heap goal at GOGC=100; it scales with GOGC
-// (runtime/mgcpacer.go: heapMinimum = 4 MiB × GOGC/100).
-const defaultHeapMinimum = 4 << 20
+// GoHeapMinimum is the Go runtime's smallest heap goal at GOGC=100, so the smallest floor that
+// means anything; it scales with GOGC (runtime/mgcpacer.go: heapMinimum = 4 MiB × GOGC/100).
+const GoHeapMinimum = 4 << 20
 
 // liveHeapMetric is the heap marked live by the last collection.
 const liveHeapMetric = "/gc/heap/live:bytes"
@@ -24,7 +24,7 @@ func Percent(floor, live uint64, base int) int {
 	if floor == 0 || base < 0 || live >= floor {
 		return base
 	}
-	capPercent := floor * 100 / defaultHeapMinimum
+	capPercent := floor * 100 / GoHeapMinimum
 	want := capPercent
 	if live > 0 {
 		want = min(((floor-live)*100+live-1)/live, capPercent) // rounded up

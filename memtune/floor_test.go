@@ -38,7 +38,7 @@ func TestPercent(t *testing.T) {
 				t.Fatalf("Percent(%d MiB, %d B, %d) = %d, want %d", tc.floor/mib, tc.live, tc.base, got, tc.want)
 			}
 			if got > tc.base && tc.live > 0 {
-				if goal := max(tc.live+tc.live*uint64(got)/100, defaultHeapMinimum*uint64(got)/100); goal < tc.floor {
+				if goal := max(tc.live+tc.live*uint64(got)/100, GoHeapMinimum*uint64(got)/100); goal < tc.floor {
 					t.Fatalf("GOGC %d gives a goal of %d, below the floor %d", got, goal, tc.floor)
 				}
 			}

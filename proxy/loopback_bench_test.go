@@ -32,10 +32,11 @@ func threadCPU(tb testing.TB) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// loopbackPairs opens n TCP connections over loopback. It returns the dialled (client) ends for
-// the benchmark to write to and the accepted (server) ends, each drained by a reader goroutine
-// until it is closed. Cleanup closes everything and waits for the readers.
-func loopbackPairs(tb testing.TB, n int) (writeEnds, readEnds []*net.TCPConn) {
+// loopbackPairs opens n TCP connections over loopback and returns the dialled ends for the
+// benchmark to write to; each accepted end is drained by a reader goroutine until it is closed.
+// Cleanup closes everything and waits for the readers.
+func loopbackPairs(tb testing.TB, n int) (writeEnds []*net.TCPConn) {
+	var readEnds []*net.TCPConn
 	tb.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -75,7 +76,7 @@ func loopbackPairs(tb testing.TB, n int) (writeEnds, readEnds []*net.TCPConn) {
 			}
 		})
 	}
-	return writeEnds, readEnds
+	return writeEnds
 }
 
 // BenchmarkLoopbackWrite is write(2) of message frames to loopback TCP sockets, round-robin over
@@ -86,7 +87,7 @@ func BenchmarkLoopbackWrite(b *testing.B) {
 	frame := encodeMessageFrame("bench.t42", "bench.t42", make100BytePayload(), time.Now().UnixMilli())
 	for _, perWrite := range []int{1, 4, 16} {
 		b.Run(fmt.Sprintf("frames=%d", perWrite), func(b *testing.B) {
-			conns, _ := loopbackPairs(b, 256)
+			conns := loopbackPairs(b, 256)
 			var buf []byte
 			for range perWrite {
 				buf = append(buf, frame...)
@@ -118,7 +119,7 @@ func BenchmarkLoopbackWrite(b *testing.B) {
 func BenchmarkFanoutLoopback(b *testing.B) {
 	const subscribers, topicCount = 1000, 10
 	m := newMemNode(b, subscribers)
-	socks, _ := loopbackPairs(b, subscribers)
+	socks := loopbackPairs(b, subscribers)
 	for i, c := range m.conns {
 		raw, err := socks[i].SyscallConn()
 		if err != nil {
