@@ -7,29 +7,29 @@ import (
 	"net"
 	"runtime"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The benchmarks in this file put numbers on the floor under "server CPU per delivery" on the
 // machine they run on. On loopback the kernel runs the receiver's TCP processing (and the wake-up
 // of the reading thread) inside the sender's write(2), so one write per delivery costs the
 // sending thread far more than the proxy's own work (BenchmarkFanout10k, in-memory sockets).
-// Both report the CPU time of the delivering thread only (RUSAGE_THREAD, user + system): the
+// Both report the CPU time of the delivering thread only (CLOCK_THREAD_CPUTIME_ID, user + system): the
 // readers that drain the sockets run on other threads and are not counted, as the load
 // generator's reads are not counted in the suite's server CPU.
 
-// rusageThread is RUSAGE_THREAD (linux/resource.h), which package syscall does not name.
-const rusageThread = 1
-
 // threadCPU is the CPU time the calling OS thread has used (the caller holds LockOSThread).
+// CLOCK_THREAD_CPUTIME_ID is exact; getrusage(RUSAGE_THREAD) moves in scheduler ticks, which
+// reads 0 for a short -benchtime.
 func threadCPU(tb testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(rusageThread, &ru); err != nil {
-		tb.Skipf("getrusage(RUSAGE_THREAD): %v", err)
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		tb.Skipf("clock_gettime(CLOCK_THREAD_CPUTIME_ID): %v", err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ts.Nano())
 }
 
 // loopbackPairs opens n TCP connections over loopback and returns the dialled ends for the
