@@ -66,8 +66,12 @@ func (m *Mesh) Uninterest(pattern string) {
 	}
 }
 
-// subscribeLocked creates the NATS subscription of pattern. m.mu is held.
+// subscribeLocked creates the NATS subscription of pattern. m.mu is held. A single node keeps
+// only the bookkeeping: no other node can publish into its server.
 func (m *Mesh) subscribeLocked(nc *nats.Conn, pattern string, ps *patternSub) {
+	if m.mode == ModeSingle {
+		return
+	}
 	sub, err := nc.ChanSubscribe(m.prefix+pattern, m.deliverCh)
 	if err != nil {
 		// Only a closed connection or an invalid subject fail here; the proxy validated the
@@ -195,7 +199,13 @@ func (m *Mesh) decode(msg *nats.Msg, now time.Time) *Message {
 // Rp-Ts (ingress Unix nanoseconds) and the trace context of ctx. It never blocks on the
 // network beyond nats.go's buffered write and never fails the caller: errors are counted in
 // messages_dropped_total{reason="nats"} and logged, rate-limited. data is not retained.
+// A single node has no other node to reach, so there it returns at once.
 func (m *Mesh) Publish(ctx context.Context, topic string, data []byte, ingress time.Time) {
+	if m.mode == ModeSingle {
+		// Nothing can connect to a single node's listener-less server: a publication handed to
+		// it would cost a NATS round through the in-process pipe and be dropped there.
+		return
+	}
 	nc := m.nc.Load()
 	if nc == nil {
 		m.publishFailed(errNotStarted)

@@ -4,7 +4,9 @@
 //
 // Three modes, chosen by config.ClusterConfig:
 //   - single node (no cluster keys): an embedded NATS server with no listener at all
-//     (DontListen), reached in-process. No port is opened.
+//     (DontListen), reached in-process. No port is opened. Nothing else can reach that
+//     server, so Publish returns at once and Interest only records the pattern: no
+//     publication or topic subscription goes to NATS (heartbeats still do).
 //   - embedded mesh (cluster.listen set): the embedded server listens for routes on
 //     cluster.listen and solicits cluster.peers; gossip completes the full mesh. It also listens
 //     on a loopback client port (cluster.client_listen) because a DontListen server never forms
