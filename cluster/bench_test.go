@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/revenprox/revenprox/config"
 	"github.com/revenprox/revenprox/telemetry"
@@ -84,7 +85,9 @@ func startBenchNode(b *testing.B, id string, cfg config.ClusterConfig, deliver f
 
 // BenchmarkCrossNodeLatency paces publications from A at 10,000/s and reports the latency from
 // Publish to Deliver on B (the mesh's share of cross-node delivery latency; WebSocket write
-// time is measured by revenprox-bench).
+// time is measured by revenprox-bench) and the CPU this process spent per message: both
+// meshes, both embedded NATS servers and the route between them, i.e. what one cross-node
+// message costs a cluster at a rate where nothing batches.
 //
 //	go test -run '^$' -bench CrossNodeLatency -benchtime 20000x ./cluster/
 func BenchmarkCrossNodeLatency(b *testing.B) {
@@ -108,6 +111,7 @@ func BenchmarkCrossNodeLatency(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpuBefore := processCPU(b)
 	start := time.Now()
 	for i := range b.N {
 		if due := start.Add(time.Duration(i) * time.Second / rate); time.Until(due) > 0 {
@@ -120,9 +124,20 @@ func BenchmarkCrossNodeLatency(b *testing.B) {
 		time.Sleep(time.Millisecond)
 	}
 	b.StopTimer()
+	cpu := processCPU(b) - cpuBefore
 	mu.Lock()
 	defer mu.Unlock()
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), "cpu-us/msg")
 	b.ReportMetric(float64(hist.ValueAtQuantile(50)), "p50-us")
 	b.ReportMetric(float64(hist.ValueAtQuantile(99)), "p99-us")
 	b.ReportMetric(float64(hist.Max()), "max-us")
+}
+
+// processCPU is the CPU time (user + system) of this whole process so far.
+func processCPU(b *testing.B) time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_PROCESS_CPUTIME_ID, &ts); err != nil {
+		b.Skipf("clock_gettime(CLOCK_PROCESS_CPUTIME_ID): %v", err)
+	}
+	return time.Duration(ts.Nano())
 }
