@@ -10,7 +10,9 @@
 //   - embedded mesh (cluster.listen set): the embedded server listens for routes on
 //     cluster.listen and solicits cluster.peers; gossip completes the full mesh. It also listens
 //     on a loopback client port (cluster.client_listen) because a DontListen server never forms
-//     routes. The node's own connection is still in-process.
+//     routes. The node's own connection goes through that loopback port too (a socket write
+//     does not hold nats.go's connection lock while the server is being scheduled; the
+//     in-process pipe does).
 //   - external NATS (cluster.nats_url set): nothing is embedded; the node connects to that URL
 //     and reconnects forever.
 //

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -581,5 +582,41 @@ func TestDeliverDoneEndsEveryBurst(t *testing.T) {
 	defer mu.Unlock()
 	if bursts > count {
 		t.Errorf("%d DeliverDone calls for %d messages", bursts, count)
+	}
+}
+
+func TestClusteredNodeConnectsThroughItsLoopbackPort(t *testing.T) {
+	for _, listen := range []string{"127.0.0.1:0", "0.0.0.0:0", "[::]:0"} {
+		t.Run(listen, func(t *testing.T) {
+			cfg := meshConfig()
+			cfg.ClientListen = listen
+			n := startNode(t, "tcp", cfg)
+			url := n.mesh.ClientURL()
+			if !strings.HasPrefix(url, "nats://127.0.0.1:") {
+				t.Fatalf("ClientURL = %q, want a loopback URL", url)
+			}
+			if got := n.mesh.nc.Load().ConnectedUrl(); got != url {
+				t.Errorf("node connected to %q, want its own client port %q", got, url)
+			}
+		})
+	}
+}
+
+func TestLoopbackURL(t *testing.T) {
+	for _, tc := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4222}, "nats://127.0.0.1:4222"},
+		{&net.TCPAddr{IP: net.IPv4zero, Port: 4222}, "nats://127.0.0.1:4222"},
+		{&net.TCPAddr{Port: 4222}, "nats://127.0.0.1:4222"},
+		{&net.TCPAddr{IP: net.IPv6unspecified, Port: 4222}, "nats://127.0.0.1:4222"},
+		{&net.TCPAddr{IP: net.IPv6loopback, Port: 4222}, "nats://[::1]:4222"},
+		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 5}, "nats://10.1.2.3:5"},
+		{&net.UnixAddr{Name: "/tmp/x", Net: "unix"}, "nats:///tmp/x"},
+	} {
+		if got := loopbackURL(tc.addr); got != tc.want {
+			t.Errorf("loopbackURL(%v) = %q, want %q", tc.addr, got, tc.want)
+		}
 	}
 }

@@ -61,7 +61,7 @@ func (m *Mesh) serverOptions() (*server.Options, error) {
 	}
 
 	// Clustered: a DontListen server never forms routes (design §11), so the server also listens
-	// for clients, on loopback by default. The node itself still connects in-process.
+	// for clients, on loopback by default; the node itself connects through it (see connect).
 	clientListen := cfg.ClientListen
 	if clientListen == "" {
 		clientListen = "127.0.0.1:0"
