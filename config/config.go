@@ -159,8 +159,8 @@ type ClusterConfig struct {
 	HeartbeatInterval Duration `yaml:"heartbeat_interval"`
 	// SubjectPrefix prefixes topic subjects. Default "revenprox.t.".
 	SubjectPrefix string `yaml:"subject_prefix"`
-	// ClientListen is the embedded server's loopback client port used when clustered
-	// (in-process connections cannot form routes). Default "127.0.0.1:0".
+	// ClientListen is the embedded server's client port when clustered (a server without one
+	// never forms routes); the node connects to its own server through it. Default "127.0.0.1:0".
 	ClientListen string `yaml:"client_listen"`
 	// RouteUser and RoutePassword protect routes when set. Default "".
 	RouteUser     string `yaml:"route_user"`
