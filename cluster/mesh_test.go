@@ -620,3 +620,34 @@ func TestLoopbackURL(t *testing.T) {
 		}
 	}
 }
+
+// TestOwnConnectionDropRecovers: when a node's server drops the node's own connection, nats.go
+// reconnects to that same server (never to a peer's advertised one), the pattern subscriptions
+// come back, and cross-node delivery resumes without restarting anything.
+func TestOwnConnectionDropRecovers(t *testing.T) {
+	nodes := startMesh(t, 2)
+	a, b := nodes[0], nodes[1]
+	b.mesh.Interest("drop.x")
+	waitInterest(t, a, "drop.x", 1)
+	own := b.mesh.ClientURL()
+
+	nc := b.mesh.nc.Load()
+	cid, err := nc.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.server().DisconnectClientByID(cid); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "B to reconnect", func() bool {
+		return nc.Stats().Reconnects >= 1 && b.mesh.Connected()
+	})
+	if got := nc.ConnectedUrl(); got != own {
+		t.Errorf("B reconnected to %q, want its own server %q", got, own)
+	}
+	// The subscription is restored on B's server and routed to A again.
+	eventually(t, 10*time.Second, "delivery after the reconnect", func() bool {
+		a.mesh.Publish(context.Background(), "drop.x", []byte(`1`), time.Now())
+		return b.count("drop.x", "drop.x") > 0
+	})
+}
