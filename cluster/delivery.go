@@ -199,11 +199,10 @@ func (m *Mesh) decode(msg *nats.Msg, now time.Time) *Message {
 // Rp-Ts (ingress Unix nanoseconds) and the trace context of ctx. It never blocks on the
 // network beyond nats.go's buffered write and never fails the caller: errors are counted in
 // messages_dropped_total{reason="nats"} and logged, rate-limited. data is not retained.
-// A single node has no other node to reach, so there it returns at once.
+// On a single node it returns at once: nothing can connect to its listener-less server, so a
+// publication handed to it would cost a NATS round through the in-process pipe and be dropped.
 func (m *Mesh) Publish(ctx context.Context, topic string, data []byte, ingress time.Time) {
 	if m.mode == ModeSingle {
-		// Nothing can connect to a single node's listener-less server: a publication handed to
-		// it would cost a NATS round through the in-process pipe and be dropped there.
 		return
 	}
 	nc := m.nc.Load()

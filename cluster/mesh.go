@@ -350,8 +350,9 @@ func (m *Mesh) Connected() bool {
 }
 
 // ClientURL is a URL any plain NATS client on this host can use to publish into the mesh through
-// this node (the one the node itself dials): the embedded server's client listener when clustered, the external URL in external
-// mode, "" for a single node (in-process only) or before Start.
+// this node, and the one the node itself dials: the embedded server's client listener when
+// clustered, the external URL in external mode, "" for a single node (in-process only) or
+// before Start.
 func (m *Mesh) ClientURL() string {
 	switch m.mode {
 	case ModeExternal:
