@@ -332,6 +332,9 @@ func (m *Mesh) connect(ctx context.Context) (*server.Server, *nats.Conn, error) 
 // addr. A listener on all interfaces is reached through 127.0.0.1: Go binds "0.0.0.0" and "::"
 // as one dual-stack socket, which accepts IPv4 loopback even where IPv6 is disabled.
 func loopbackURL(addr net.Addr) string {
+	if addr == nil {
+		return "" // no client listener: nats.Connect fails with a clear "no servers" error
+	}
 	tcp, ok := addr.(*net.TCPAddr)
 	if !ok {
 		return "nats://" + addr.String()

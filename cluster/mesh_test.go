@@ -614,6 +614,7 @@ func TestLoopbackURL(t *testing.T) {
 		{&net.TCPAddr{IP: net.IPv6loopback, Port: 4222}, "nats://[::1]:4222"},
 		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 5}, "nats://10.1.2.3:5"},
 		{&net.UnixAddr{Name: "/tmp/x", Net: "unix"}, "nats:///tmp/x"},
+		{nil, ""},
 	} {
 		if got := loopbackURL(tc.addr); got != tc.want {
 			t.Errorf("loopbackURL(%v) = %q, want %q", tc.addr, got, tc.want)
